@@ -1,0 +1,148 @@
+"""The one event schema: what the pipeline yields, what the websocket feeds carry,
+what batch reports and web pages read.  ``docs/events.md`` documents it and
+``calltone schema`` prints it as JSON Schema.
+
+Every event has ``type``, ``call_id``, ``t`` (seconds since the call started) and,
+once stored by the server, ``seq`` (per-call sequence number) and ``server_time``
+(Unix seconds).  Channels are named by role: ``customer`` or ``agent``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, Field, TypeAdapter
+
+Grade = Literal["calm", "anxious", "angry"]
+GRADES: tuple[Grade, ...] = ("calm", "anxious", "angry")
+
+
+class Word(BaseModel):
+    word: str
+    start: float
+    end: float
+    probability: float | None = None
+
+
+class Probs(BaseModel):
+    calm: float
+    anxious: float
+    angry: float
+
+
+class Cue(BaseModel):
+    """One reason behind a grade, e.g. pitch 4.1 semitones above this caller's baseline."""
+
+    name: str = Field(description="feature or phrase id, e.g. 'pitch_mean', 'loudness', 'phrase'")
+    label: str = Field(description="plain words for people, e.g. 'voice pitch raised'")
+    value: float | None = None
+    unit: str | None = None
+    z: float | None = Field(None, description="how unusual, in standard deviations")
+    text: str | None = Field(None, description="for phrase cues: the words heard")
+
+
+class EventBase(BaseModel):
+    call_id: str = ""
+    t: float = Field(0.0, description="call-relative seconds")
+    seq: int | None = Field(None, description="per-call sequence number, set when stored")
+    server_time: float | None = Field(None, description="Unix seconds, set when stored")
+
+
+class CallStarted(EventBase):
+    type: Literal["call.started"] = "call.started"
+    channels: dict[str, int] = Field(default_factory=dict, description="role -> channel index")
+    language: str = "auto"
+    agent_id: str | None = None
+    metadata: dict = Field(default_factory=dict)
+
+
+class TranscriptEvent(EventBase):
+    channel: str
+    start: float
+    end: float
+    text: str
+    final: bool
+    language: str | None = None
+    words: list[Word] = Field(default_factory=list)
+    avg_logprob: float | None = None
+
+
+class TranscriptPartial(TranscriptEvent):
+    type: Literal["transcript.partial"] = "transcript.partial"
+    final: bool = False
+
+
+class TranscriptFinal(TranscriptEvent):
+    type: Literal["transcript.final"] = "transcript.final"
+    final: bool = True
+
+
+class EmotionUpdate(EventBase):
+    type: Literal["emotion.update"] = "emotion.update"
+    channel: str
+    grade: Grade
+    probs: Probs
+    index: float = Field(description="emotion index 0 (calm) .. 100 (angry)")
+    trend: float = Field(0.0, description="index points per minute")
+    cues: list[Cue] = Field(default_factory=list)
+
+
+class GuidanceCard(BaseModel):
+    grade: Grade
+    language: str
+    title: str
+    steps: list[str]
+    phrases: list[str] = Field(default_factory=list)
+
+
+class Guidance(EventBase):
+    type: Literal["guidance"] = "guidance"
+    channel: str
+    card: GuidanceCard
+
+
+class EscalationRaised(EventBase):
+    type: Literal["escalation.raised"] = "escalation.raised"
+    channel: str
+    alert_id: str
+    reason: str
+    evidence: dict = Field(default_factory=dict)
+
+
+class EscalationCleared(EventBase):
+    type: Literal["escalation.cleared"] = "escalation.cleared"
+    channel: str
+    alert_id: str
+    reason: str
+
+
+class CallEnded(EventBase):
+    type: Literal["call.ended"] = "call.ended"
+    summary: dict = Field(default_factory=dict)
+
+
+Event = Annotated[
+    Union[
+        CallStarted,
+        TranscriptPartial,
+        TranscriptFinal,
+        EmotionUpdate,
+        Guidance,
+        EscalationRaised,
+        EscalationCleared,
+        CallEnded,
+    ],
+    Field(discriminator="type"),
+]
+EventAdapter: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def parse_event(data: dict | str | bytes) -> Event:
+    """Parse one event from JSON text or a dict."""
+    if isinstance(data, (str, bytes)):
+        return EventAdapter.validate_json(data)
+    return EventAdapter.validate_python(data)
+
+
+def event_json_schema() -> dict:
+    return EventAdapter.json_schema()

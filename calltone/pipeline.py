@@ -1,0 +1,126 @@
+"""CallPipeline: the one code path from call audio to events, live and batch.
+
+A live call pushes each websocket frame as it arrives; a recording is pushed in
+blocks as fast as the workers take it.  Either way the pipeline runs, per channel,
+VAD -> transcription (shared ASR worker) -> emotion (shared CPU pool) and hands
+typed events (``calltone.events``) to ``emit`` with call-relative times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from calltone.events import CallEnded, CallStarted, Event
+from calltone.runtime import Runtime
+from calltone.speech.streaming import CallLanguage, ChannelTranscriber
+from calltone.speech.vad import StreamingVad
+
+SAMPLE_RATE = 16000
+
+
+class PipelineOptions(BaseModel):
+    language: str = Field("auto", description="zh, en or auto (detected once, then fixed)")
+    roles: list[str] = Field(default_factory=lambda: ["customer", "agent"])
+    transcribe: bool = True
+    partials: bool = True
+    beam_size: int | None = None
+    agent_id: str | None = None
+    metadata: dict = Field(default_factory=dict)
+
+
+@dataclass
+class ChannelState:
+    role: str
+    transcriber: ChannelTranscriber
+    samples: int = 0
+
+
+class CallPipeline:
+    """One call: push 16 kHz audio per role, receive events through ``emit``."""
+
+    def __init__(self, call_id: str, runtime: Runtime, options: PipelineOptions, emit: Callable[[Event], None]) -> None:
+        self.call_id = call_id
+        self.runtime = runtime
+        self.options = options
+        self._emit = emit
+        self.language = CallLanguage(options.language if runtime.asr.engine.multilingual else "en")
+        s = runtime.settings
+        self.channels: dict[str, ChannelState] = {}
+        for role in options.roles:
+            vad = StreamingVad(s.vad, runtime.vad_model)
+            tr = ChannelTranscriber(call_id, role, runtime.asr, runtime.cpu, vad, self.language, s.asr, self.emit,
+                                    partials=options.partials, beam_size=options.beam_size)
+            self.channels[role] = ChannelState(role, tr)
+        self.events: list[Event] = []
+        self._started = False
+
+    def emit(self, event: Event) -> None:
+        self._emit(event)
+
+    def start(self) -> None:
+        self._started = True
+        self.emit(CallStarted(call_id=self.call_id, t=0.0, channels={r: i for i, r in enumerate(self.options.roles)},
+                              language=self.options.language, agent_id=self.options.agent_id, metadata=self.options.metadata))
+
+    @property
+    def duration_s(self) -> float:
+        return max((c.samples for c in self.channels.values()), default=0) / SAMPLE_RATE
+
+    async def push(self, audio: dict[str, np.ndarray]) -> None:
+        """Add 16 kHz float32 audio for some or all roles (channels are processed concurrently)."""
+        if not self._started:
+            self.start()
+        await asyncio.gather(*(self._push_channel(self.channels[role], x) for role, x in audio.items() if role in self.channels))
+
+    async def _push_channel(self, ch: ChannelState, samples: np.ndarray) -> None:
+        ch.samples += len(samples)
+        await ch.transcriber.push(samples)
+
+    async def finish(self) -> None:
+        """End of the call: finalise pending audio and emit ``call.ended``."""
+        if not self._started:
+            self.start()
+        await asyncio.gather(*(c.transcriber.finish() for c in self.channels.values()))
+        self.emit(CallEnded(call_id=self.call_id, t=round(self.duration_s, 3), summary=self.summary()))
+
+    def summary(self) -> dict:
+        return {
+            "duration_s": round(self.duration_s, 3),
+            "language": self.language.current or self.options.language,
+            "talk_s": {r: round(sum(s.duration for s in c.transcriber.segments), 3) for r, c in self.channels.items()},
+        }
+
+
+async def run_recording(call_id: str, channels: dict[str, np.ndarray], runtime: Runtime, options: PipelineOptions,
+                        block_s: float = 0.5, realtime: float = 0.0,
+                        on_event: Callable[[Event], None] | None = None) -> list[Event]:
+    """Push a whole recording through a CallPipeline; return its events.
+
+    ``realtime`` = 0 feeds as fast as possible; 1.0 paces blocks at real time.
+    """
+    events: list[Event] = []
+
+    def collect(e: Event) -> None:
+        events.append(e)
+        if on_event is not None:
+            on_event(e)
+
+    options = options.model_copy(update={"roles": list(channels)})
+    pipe = CallPipeline(call_id, runtime, options, collect)
+    n = max(len(x) for x in channels.values())
+    step = max(1, int(block_s * SAMPLE_RATE))
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    for i in range(0, n, step):
+        await pipe.push({r: x[i : i + step] for r, x in channels.items() if i < len(x)})
+        if realtime > 0:
+            delay = t0 + (i + step) / SAMPLE_RATE / realtime - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+    await pipe.finish()
+    return events

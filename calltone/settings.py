@@ -1,0 +1,73 @@
+"""One settings object for the whole process.
+
+Values come, highest priority first, from keyword arguments, environment variables
+(``CALLTONE_`` prefix, ``__`` between nested names, e.g. ``CALLTONE_ASR__MODEL=tiny.en``),
+then a TOML file (``CALLTONE_CONFIG=/etc/calltone.toml`` or ``--config``), then the
+defaults below, which run on a 2-core laptop.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+Language = Literal["zh", "en", "auto"]
+
+
+class AsrSettings(BaseModel):
+    model: str = Field("base", description="'base', 'tiny.en' or a CTranslate2 Whisper directory")
+    compute_type: str = "int8"
+    cpu_threads: int = Field(2, description="threads of the one ASR worker (0 = all cores)")
+    language: Language = "auto"
+    live_beam_size: int = Field(1, description="beam for live decoding (partials and finals)")
+    offline_beam_size: int = Field(1, description="beam for batch scoring and `calltone transcribe`")
+    window_s: float = Field(10.0, description="encoder window; utterances longer than this use 20 or 30 s")
+    partial_interval_s: float = Field(1.0, description="how often a partial hypothesis is refreshed while someone speaks")
+    max_batch: int = Field(8, description="requests decoded together in one encoder/decoder pass")
+    partial_lag_drop_s: float = Field(1.5, description="when the ASR queue is this far behind, partials are skipped")
+    word_timestamps: bool = True
+
+
+class VadSettings(BaseModel):
+    threshold: float = 0.5
+    min_silence_ms: int = Field(500, description="silence that ends an utterance")
+    min_speech_ms: int = 200
+    speech_pad_ms: int = 150
+    max_utterance_s: float = Field(14.0, description="a longer utterance is cut at its quietest point")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CALLTONE_", env_nested_delimiter="__", extra="ignore")
+
+    cache_dir: Path = Field(default_factory=lambda: Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "calltone")
+    asr: AsrSettings = AsrSettings()
+    vad: VadSettings = VadSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("CALLTONE_CONFIG")
+        if config_file:
+            path = Path(config_file)
+            if not path.is_file():
+                raise FileNotFoundError(f"CALLTONE_CONFIG points to {path}, which is not a file")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once)."""
+    return Settings()

@@ -1,0 +1,270 @@
+"""Whisper decoding of short utterances, batched, on a shortened encoder window.
+
+Whisper is trained on 30 s windows, and faster-whisper pads every decode to one, so
+the encoder costs the same for a 2 s utterance as for a 30 s one.  CTranslate2's
+encoder accepts fewer frames: here each utterance is padded only to the smallest
+*window bucket* (10, 20 or 30 s by default) that leaves ``min_tail_s`` of silence
+after the speech, which cuts the encoder cost of a typical utterance ~3-4x.
+Requests that share a bucket are stacked and run through the encoder and the
+decoder together.
+
+Decoding never falls back to sampling at higher temperatures (that costs ~10x on
+garbled audio); instead the output is bounded in length, repetition loops are cut,
+and hypotheses that look like no speech are dropped.  Mandarin is converted to
+simplified characters with OpenCC.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from calltone.events import Word
+
+SAMPLE_RATE = 16000
+FRAMES_PER_SECOND = 100  # log-mel frames
+MAX_TOKENS = 448
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    beam_size: int = 1
+    word_timestamps: bool = True
+    window_buckets_s: tuple[float, ...] = (10.0, 20.0, 30.0)
+    min_tail_s: float = 5.0
+    tokens_per_second: float = 12.0  # output budget per second of audio (bounds loops)
+    no_speech_threshold: float = 0.6
+    logprob_threshold: float = -1.0
+    compression_ratio_threshold: float = 2.4
+
+
+@dataclass(frozen=True)
+class DecodeRequest:
+    audio: np.ndarray  # 16 kHz mono float32, the utterance only
+    language: str | None  # 'zh', 'en', ... or None to detect
+    word_timestamps: bool = True
+    beam_size: int = 1
+    previous_text: str = ""  # the channel's last final, to condition on (context across utterances)
+
+
+@dataclass
+class DecodeResult:
+    text: str
+    language: str
+    avg_logprob: float
+    no_speech_prob: float
+    compression_ratio: float
+    words: list[Word] = field(default_factory=list)
+    dropped: str | None = None  # why the text was discarded (no speech, garbled), else None
+    window_s: float = 0.0
+    embedding: np.ndarray | None = None  # mean-pooled encoder output over the speech frames
+
+
+def compression_ratio(text: str) -> float:
+    data = text.encode("utf-8")
+    return len(data) / max(1, len(zlib.compress(data)))
+
+
+def cut_repetition(tokens: list[int], min_period: int = 1, max_period: int = 12, max_repeats: int = 3) -> list[int]:
+    """Cut a trailing loop: a block of 1..12 tokens repeated more than ``max_repeats`` times."""
+    n = len(tokens)
+    for period in range(min_period, min(max_period, n // (max_repeats + 1)) + 1):
+        block = tokens[n - period :]
+        reps = 1
+        i = n - 2 * period
+        while i >= 0 and tokens[i : i + period] == block:
+            reps += 1
+            i -= period
+        if reps > max_repeats:
+            return tokens[: i + 2 * period]  # keep one copy of the repeated block
+    return tokens
+
+
+class WhisperEngine:
+    """One Whisper model, loaded once; decodes batches of utterances (thread-confined)."""
+
+    def __init__(self, model_dir: Path, multilingual: bool, compute_type: str = "int8", cpu_threads: int = 2) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from faster_whisper import WhisperModel
+        from faster_whisper.tokenizer import Tokenizer
+
+        self.model_dir = Path(model_dir)
+        self.multilingual = multilingual
+        self._fw = WhisperModel(str(model_dir), device="cpu", compute_type=compute_type, cpu_threads=cpu_threads, local_files_only=True)
+        self._ct2 = self._fw.model
+        self._tokenizer_cls = Tokenizer
+        self._tokenizers: dict[str, object] = {}
+        self._features = self._fw.feature_extractor
+        self._opencc = None
+
+    # -- helpers -----------------------------------------------------------------------
+    def tokenizer(self, language: str):
+        if language not in self._tokenizers:
+            self._tokenizers[language] = self._tokenizer_cls(
+                self._fw.hf_tokenizer, self.multilingual, task="transcribe", language=language if self.multilingual else "en"
+            )
+        return self._tokenizers[language]
+
+    def to_simplified(self, text: str) -> str:
+        if self._opencc is None:
+            import opencc
+
+            self._opencc = opencc.OpenCC("t2s")
+        return self._opencc.convert(text)
+
+    def window_for(self, duration_s: float, options: DecodeOptions) -> float:
+        for w in options.window_buckets_s:
+            if duration_s + options.min_tail_s <= w:
+                return w
+        return options.window_buckets_s[-1]
+
+    def features(self, audio: np.ndarray, window_s: float) -> np.ndarray:
+        n = int(window_s * SAMPLE_RATE)
+        audio = audio[:n]
+        padded = np.zeros(n, dtype=np.float32)
+        padded[: len(audio)] = audio
+        feats = self._features(padded, padding=0)
+        return feats[:, : int(window_s * FRAMES_PER_SECOND)]
+
+    def encode(self, feats: np.ndarray):
+        import ctranslate2
+
+        return self._ct2.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(feats, dtype=np.float32)))
+
+    # -- public API --------------------------------------------------------------------
+    def detect_language(self, audio: np.ndarray, candidates: tuple[str, ...] | None = None) -> tuple[str, float]:
+        """Most likely language of ``audio`` (optionally restricted to ``candidates``)."""
+        if not self.multilingual:
+            return "en", 1.0
+        window = 10.0 if len(audio) / SAMPLE_RATE <= 10.0 else 30.0
+        enc = self.encode(self.features(audio, window)[None])
+        ranked = self._ct2.detect_language(enc)[0]
+        for token, prob in ranked:
+            lang = token[2:-2]
+            if candidates is None or lang in candidates:
+                return lang, float(prob)
+        return ranked[0][0][2:-2], float(ranked[0][1])
+
+    def decode(self, requests: list[DecodeRequest], options: DecodeOptions = DecodeOptions()) -> list[DecodeResult]:
+        """Decode utterances; requests sharing a window bucket run as one batch."""
+        results: list[DecodeResult | None] = [None] * len(requests)
+        groups: dict[tuple[float, int], list[int]] = {}
+        for i, req in enumerate(requests):
+            w = self.window_for(len(req.audio) / SAMPLE_RATE, options)
+            groups.setdefault((w, req.beam_size), []).append(i)
+        for (window, beam), idx in groups.items():
+            batch = [requests[i] for i in idx]
+            for i, res in zip(idx, self._decode_group(batch, window, beam, options)):
+                results[i] = res
+        return [r for r in results if r is not None]
+
+    def _decode_group(self, batch: list[DecodeRequest], window: float, beam: int, options: DecodeOptions) -> list[DecodeResult]:
+        import ctranslate2
+
+        feats = np.stack([self.features(r.audio, window) for r in batch])
+        enc = self.encode(feats)
+        enc_np = None
+        languages = []
+        for k, r in enumerate(batch):
+            if r.language is not None or not self.multilingual:
+                languages.append(r.language if self.multilingual else "en")
+            else:
+                if enc_np is None:
+                    enc_np = np.asarray(enc)
+                ranked = self._ct2.detect_language(ctranslate2.StorageView.from_array(enc_np[k : k + 1]))[0]
+                languages.append(ranked[0][0][2:-2])
+        prompts = []
+        max_len = 0
+        for r, lang in zip(batch, languages):
+            tok = self.tokenizer(lang)
+            context = tok.encode(" " + r.previous_text.strip())[-64:] if r.previous_text.strip() else []
+            prompts.append(([tok.sot_prev] + context if context else []) + list(tok.sot_sequence) + [tok.no_timestamps])
+            budget = 8 + int(math.ceil(len(r.audio) / SAMPLE_RATE * options.tokens_per_second))
+            max_len = max(max_len, len(prompts[-1]) + budget)
+        gen = self._ct2.generate(
+            enc,
+            prompts,
+            beam_size=beam,
+            max_length=min(MAX_TOKENS, max_len),
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=[-1],
+        )
+        out: list[DecodeResult] = []
+        align_jobs: list[tuple[int, list[int]]] = []
+        for k, (r, lang, g) in enumerate(zip(batch, languages, gen)):
+            tokens = [t for t in g.sequences_ids[0] if t < self.tokenizer(lang).eot]
+            tokens = cut_repetition(tokens)
+            tok = self.tokenizer(lang)
+            text = tok.decode(tokens).strip()
+            seq_len = len(g.sequences_ids[0])
+            avg_logprob = float(g.scores[0]) * seq_len / (seq_len + 1) if seq_len else -10.0
+            cr = compression_ratio(text) if text else 0.0
+            res = DecodeResult(text=text, language=lang, avg_logprob=avg_logprob, no_speech_prob=float(g.no_speech_prob),
+                               compression_ratio=cr, window_s=window)
+            if not text:
+                res.dropped = "empty"
+            elif res.no_speech_prob > options.no_speech_threshold and avg_logprob < options.logprob_threshold:
+                res.dropped = "no speech"
+            elif cr > options.compression_ratio_threshold:
+                res.dropped = "garbled (repetitive)"
+            if res.dropped:
+                res.text = ""
+            elif r.word_timestamps and options.word_timestamps:
+                align_jobs.append((k, tokens))
+            out.append(res)
+        if align_jobs:
+            self._align(enc, batch, languages, out, align_jobs)
+        for res in out:
+            if res.language == "zh" and res.text:
+                res.text = self.to_simplified(res.text)
+                for w in res.words:
+                    w.word = self.to_simplified(w.word)
+        return out
+
+    def _align(self, enc, batch, languages, out, jobs) -> None:
+        import ctranslate2
+
+        enc_np = np.asarray(enc)
+        by_lang: dict[str, list[tuple[int, list[int]]]] = {}
+        for k, tokens in jobs:
+            by_lang.setdefault(languages[k], []).append((k, tokens))
+        for lang, items in by_lang.items():
+            tok = self.tokenizer(lang)
+            sub = ctranslate2.StorageView.from_array(np.ascontiguousarray(enc_np[[k for k, _ in items]]))
+            num_frames = [min(enc_np.shape[1] * 2, int(len(batch[k].audio) / SAMPLE_RATE * FRAMES_PER_SECOND)) for k, _ in items]
+            results = self._ct2.align(sub, tok.sot_sequence, [t for _, t in items], num_frames, median_filter_width=7)
+            for (k, tokens), result in zip(items, results):
+                out[k].words = _words_from_alignment(tok, tokens, result)
+
+
+def _words_from_alignment(tok, tokens: list[int], result) -> list[Word]:
+    """Word timings from a CTranslate2 alignment (as in faster-whisper's find_alignment)."""
+    words, word_tokens = tok.split_to_word_tokens(tokens + [tok.eot])
+    if len(word_tokens) <= 1:
+        return []
+    text_indices = np.array([p[0] for p in result.alignments])
+    time_indices = np.array([p[1] for p in result.alignments])
+    if len(text_indices) == 0:
+        return []
+    boundaries = np.pad(np.cumsum([len(t) for t in word_tokens[:-1]]), (1, 0))
+    jumps = np.pad(np.diff(text_indices), (1, 0), constant_values=1).astype(bool)
+    jump_times = time_indices[jumps] / 50.0  # encoder frames per second
+    probs = result.text_token_probs
+    out: list[Word] = []
+    for w, i, j in zip(words[:-1] if words and words[-1] == "" else words, boundaries[:-1], boundaries[1:]):
+        if j >= len(jump_times) or i >= len(jump_times):
+            break
+        if not w.strip():
+            continue
+        out.append(Word(word=w, start=round(float(jump_times[i]), 3), end=round(float(jump_times[j]), 3),
+                        probability=round(float(np.mean(probs[i:j])), 3) if j > i else None))
+    return out
+

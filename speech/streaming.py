@@ -1,0 +1,173 @@
+"""Incremental transcription of one channel.
+
+Commit policy (see docs/asr.md for the measurements behind it): an utterance is
+*final* when the VAD sees ``min_silence_ms`` of silence after it (or it reaches
+``max_utterance_s``); it is then decoded once, in a short encoder window, with word
+timings.  While someone is speaking, the audio of the utterance so far is decoded
+every ``partial_interval_s`` as a *partial* hypothesis, which is shown in place and
+replaced by the final.  Partials are best effort (the ASR worker may coalesce or
+skip them under load); finals are never dropped and come out in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from calltone.events import Event, TranscriptFinal, TranscriptPartial, Word
+from calltone.settings import AsrSettings
+from calltone.speech.asr import DecodeRequest, DecodeResult
+from calltone.speech.vad import SpeechSegment, StreamingVad
+from calltone.speech.worker import AsrWorker
+
+SAMPLE_RATE = 16000
+
+
+class AudioBuffer:
+    """The recent audio of one channel, addressable by call time in seconds."""
+
+    def __init__(self) -> None:
+        self._chunks: list[np.ndarray] = []
+        self._start = 0  # absolute sample index of the first kept sample
+        self._length = 0  # samples kept
+
+    @property
+    def end_s(self) -> float:
+        return (self._start + self._length) / SAMPLE_RATE
+
+    def append(self, samples: np.ndarray) -> None:
+        if len(samples):
+            self._chunks.append(samples)
+            self._length += len(samples)
+
+    def slice(self, t0: float, t1: float) -> np.ndarray:
+        a = max(0, int(round(t0 * SAMPLE_RATE)) - self._start)
+        b = max(a, min(self._length, int(round(t1 * SAMPLE_RATE)) - self._start))
+        if len(self._chunks) > 1:
+            self._chunks = [np.concatenate(self._chunks)]
+        return self._chunks[0][a:b].copy() if self._chunks else np.zeros(0, np.float32)
+
+    def trim_before(self, t: float) -> None:
+        drop = int(t * SAMPLE_RATE) - self._start
+        if drop <= 0 or not self._chunks:
+            return
+        whole = np.concatenate(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
+        drop = min(drop, len(whole))
+        self._chunks = [whole[drop:]]
+        self._start += drop
+        self._length -= drop
+
+
+@dataclass
+class CallLanguage:
+    """A call's language: configured, or detected once from its first utterances and then fixed."""
+
+    requested: str = "auto"
+    detected: str | None = None
+    _votes: list[str] = field(default_factory=list)
+
+    @property
+    def current(self) -> str | None:
+        return self.requested if self.requested != "auto" else self.detected
+
+    def observe(self, result: DecodeResult, duration_s: float) -> None:
+        if self.current is not None or not result.text:
+            return
+        self._votes.append(result.language)
+        if duration_s >= 2.0 or len(self._votes) >= 3:
+            self.detected = max(set(self._votes), key=self._votes.count)
+
+
+class ChannelTranscriber:
+    """VAD + partial/final decoding for one channel; events go to ``emit``."""
+
+    def __init__(self, call_id: str, channel: str, worker: AsrWorker, cpu: Executor, vad: StreamingVad,
+                 language: CallLanguage, settings: AsrSettings, emit: Callable[[Event], None],
+                 partials: bool = True, beam_size: int | None = None) -> None:
+        self.call_id, self.channel = call_id, channel
+        self.worker, self.cpu, self.vad = worker, cpu, vad
+        self.language, self.s, self.emit = language, settings, emit
+        self.partials = partials
+        self.beam_size = beam_size or settings.live_beam_size
+        self.buffer = AudioBuffer()
+        self.segments: list[SpeechSegment] = []
+        self._utterance = 0  # id of the utterance in progress
+        self._last_partial_t = -1e9
+        self._partial_task: asyncio.Task | None = None
+        self._final_chain: asyncio.Task | None = None
+        self._stream_id = f"{call_id}/{channel}"
+        self._previous_text = ""
+
+    async def push(self, samples: np.ndarray) -> list[SpeechSegment]:
+        """Add 16 kHz audio; schedule decodes; return the speech segments that ended."""
+        self.buffer.append(samples)
+        loop = asyncio.get_running_loop()
+        ended = await loop.run_in_executor(self.cpu, self.vad.feed, samples)
+        for seg in ended:
+            self._finalise(seg)
+        if self.partials:
+            self._maybe_partial()
+        return ended
+
+    async def finish(self) -> list[SpeechSegment]:
+        """End of audio: close the open utterance and wait for every final."""
+        ended = self.vad.flush()
+        for seg in ended:
+            self._finalise(seg)
+        if self._partial_task is not None:
+            self._partial_task.cancel()
+        if self._final_chain is not None:
+            await self._final_chain
+        return ended
+
+    # -- finals ----------------------------------------------------------------------------
+    def _finalise(self, seg: SpeechSegment) -> None:
+        self.segments.append(seg)
+        self._utterance += 1
+        audio = self.buffer.slice(seg.start, seg.end)
+        self.buffer.trim_before(seg.end - 1.0)
+        request = DecodeRequest(audio, self.language.current, word_timestamps=self.s.word_timestamps, beam_size=self.beam_size,
+                                previous_text=self._previous_text)
+        future = asyncio.wrap_future(self.worker.submit(self._stream_id, request, final=True))
+        previous = self._final_chain
+        self._final_chain = asyncio.ensure_future(self._emit_final(seg, future, previous))
+
+    async def _emit_final(self, seg: SpeechSegment, future, previous: asyncio.Task | None) -> None:
+        result: DecodeResult = await future
+        if previous is not None:
+            await previous  # keep finals in order
+        self.language.observe(result, seg.duration)
+        if not result.text:
+            return
+        self._previous_text = result.text
+        words = [Word(word=w.word, start=round(seg.start + w.start, 3), end=round(min(seg.end, seg.start + w.end), 3),
+                      probability=w.probability) for w in result.words]
+        self.emit(TranscriptFinal(call_id=self.call_id, t=seg.end, channel=self.channel, start=seg.start, end=seg.end,
+                                  text=result.text, language=result.language, words=words,
+                                  avg_logprob=round(result.avg_logprob, 3)))
+
+    # -- partials --------------------------------------------------------------------------
+    def _maybe_partial(self) -> None:
+        start = self.vad.speech_start
+        now = self.vad.processed_s
+        if start is None or now - start < 0.5:
+            return
+        if now - self._last_partial_t < self.s.partial_interval_s:
+            return
+        if self._partial_task is not None and not self._partial_task.done():
+            return
+        self._last_partial_t = now
+        request = DecodeRequest(self.buffer.slice(start, now), self.language.current, word_timestamps=False, beam_size=1)
+        future = asyncio.wrap_future(self.worker.submit(self._stream_id, request, final=False))
+        self._partial_task = asyncio.ensure_future(self._emit_partial(self._utterance, start, now, future))
+
+    async def _emit_partial(self, utterance: int, start: float, end: float, future) -> None:
+        result: DecodeResult | None = await future
+        if result is None or not result.text or utterance != self._utterance:
+            return  # skipped under load, nothing heard, or the final already came
+        self.emit(TranscriptPartial(call_id=self.call_id, t=end, channel=self.channel, start=start, end=end,
+                                    text=result.text, language=result.language))

@@ -1,0 +1,168 @@
+"""The one ASR worker of a process: a thread that owns the Whisper model.
+
+All channels of all calls submit decode jobs here; the asyncio event loop never
+runs model code.  Each pass takes the waiting finals first (oldest first), fills
+the batch with partials, and decodes them together.  Under overload it degrades in
+a defined way:
+
+* a newer partial for a stream replaces the one still queued (coalescing);
+* partials that waited longer than ``partial_lag_drop_s`` are skipped;
+* finals are never dropped, only delayed; ``lag_s`` reports how far behind we are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from calltone.speech.asr import DecodeOptions, DecodeRequest, DecodeResult, WhisperEngine
+
+
+@dataclass
+class _Job:
+    stream_id: str
+    request: DecodeRequest
+    final: bool
+    submitted: float
+    future: Future = field(default_factory=Future)
+
+
+@dataclass
+class WorkerStats:
+    decoded_finals: int = 0
+    decoded_partials: int = 0
+    superseded_partials: int = 0
+    dropped_partials: int = 0
+    batches: int = 0
+    busy_s: float = 0.0
+    audio_s: float = 0.0
+    queued_finals: int = 0
+    queued_partials: int = 0
+    lag_s: float = 0.0  # age of the oldest waiting job
+
+
+class AsrWorker:
+    """Thread-confined owner of a :class:`WhisperEngine`; submit() is thread-safe."""
+
+    def __init__(self, engine: WhisperEngine, options: DecodeOptions = DecodeOptions(), max_batch: int = 8,
+                 partial_lag_drop_s: float = 1.5) -> None:
+        self.engine = engine
+        self.options = options
+        self.max_batch = max_batch
+        self.partial_lag_drop_s = partial_lag_drop_s
+        self._finals: list[_Job] = []
+        self._partials: dict[str, _Job] = {}
+        self._cv = threading.Condition()
+        self._closed = False
+        self.stats = WorkerStats()
+        self._thread = threading.Thread(target=self._run, name="calltone-asr", daemon=True)
+        self._thread.start()
+
+    # -- submission ----------------------------------------------------------------------
+    def submit(self, stream_id: str, request: DecodeRequest, final: bool) -> Future:
+        """Queue a decode; the future resolves to a DecodeResult, or None for a skipped partial."""
+        job = _Job(stream_id, request, final, time.monotonic())
+        with self._cv:
+            if self._closed:
+                raise RuntimeError("ASR worker is closed")
+            if final:
+                self._finals.append(job)
+            else:
+                old = self._partials.pop(stream_id, None)
+                if old is not None:
+                    _resolve(old.future, None)
+                    self.stats.superseded_partials += 1
+                self._partials[stream_id] = job
+            self._cv.notify()
+        return job.future
+
+    async def decode(self, stream_id: str, request: DecodeRequest, final: bool) -> DecodeResult | None:
+        return await asyncio.wrap_future(self.submit(stream_id, request, final))
+
+    def decode_sync(self, requests: list[DecodeRequest], stream_id: str = "batch") -> list[DecodeResult]:
+        futures = [self.submit(f"{stream_id}:{i}", r, True) for i, r in enumerate(requests)]
+        return [f.result() for f in futures]
+
+    def lag_s(self) -> float:
+        with self._cv:
+            return self._lag_locked(time.monotonic())
+
+    def _lag_locked(self, now: float) -> float:
+        oldest = [j.submitted for j in self._finals] + [j.submitted for j in self._partials.values()]
+        return now - min(oldest) if oldest else 0.0
+
+    def snapshot(self) -> WorkerStats:
+        with self._cv:
+            s = WorkerStats(**vars(self.stats))
+            s.queued_finals, s.queued_partials = len(self._finals), len(self._partials)
+            s.lag_s = self._lag_locked(time.monotonic())
+            return s
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        self._thread.join(timeout=30)
+
+    # -- the worker thread ------------------------------------------------------------
+    def _take_batch(self) -> list[_Job]:
+        now = time.monotonic()
+        batch = self._finals[: self.max_batch]
+        del self._finals[: len(batch)]
+        for sid in sorted(self._partials, key=lambda k: self._partials[k].submitted):
+            if len(batch) >= self.max_batch:
+                break
+            job = self._partials.pop(sid)
+            if now - job.submitted > self.partial_lag_drop_s:
+                _resolve(job.future, None)
+                self.stats.dropped_partials += 1
+                continue
+            batch.append(job)
+        return batch
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._closed and not self._finals and not self._partials:
+                    self._cv.wait()
+                if self._closed and not self._finals:
+                    for job in self._partials.values():
+                        _resolve(job.future, None)
+                    self._partials.clear()
+                    return
+                batch = self._take_batch()
+            if not batch:
+                continue
+            t0 = time.perf_counter()
+            try:
+                results = self.engine.decode([j.request for j in batch], self.options)
+            except Exception as exc:  # a broken request must not kill the worker
+                for j in batch:
+                    if not j.future.cancelled():
+                        j.future.set_exception(exc)
+                continue
+            elapsed = time.perf_counter() - t0
+            with self._cv:
+                self.stats.batches += 1
+                self.stats.busy_s += elapsed
+                self.stats.audio_s += float(sum(len(j.request.audio) for j in batch)) / 16000
+                for j in batch:
+                    if j.final:
+                        self.stats.decoded_finals += 1
+                    else:
+                        self.stats.decoded_partials += 1
+            for j, r in zip(batch, results):
+                _resolve(j.future, r)
+
+
+def _resolve(future: Future, value) -> None:
+    """Set a result unless the submitter cancelled (e.g. a partial no longer wanted)."""
+    if not future.cancelled():
+        try:
+            future.set_result(value)
+        except Exception:  # cancelled between the check and the call
+            pass
+
