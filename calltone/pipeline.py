@@ -86,6 +86,7 @@ class CallPipeline:
         if not self._started:
             self.start()
         await asyncio.gather(*(c.transcriber.finish() for c in self.channels.values()))
+        self.language.settle()
         self.emit(CallEnded(call_id=self.call_id, t=round(self.duration_s, 3), summary=self.summary()))
 
     def summary(self) -> dict:

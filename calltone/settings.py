@@ -41,12 +41,42 @@ class VadSettings(BaseModel):
     max_utterance_s: float = Field(14.0, description="a longer utterance is cut at its quietest point")
 
 
+class EmotionSettings(BaseModel):
+    score_agent: bool = Field(False, description="grade the agent's emotion too (opt-in; the customer is always graded)")
+    lexicon_extra: list[Path] = Field(default_factory=list, description="extra phrase files (TOML) for text cues")
+    tracking_config: Path | None = None
+    escalation_config: Path | None = None
+    guidance_extra: Path | None = None
+    update_interval_s: float = Field(1.0, description="how often the voice is re-scored while someone speaks")
+    window_s: float = Field(5.0, description="seconds of the speaker's recent speech that one score looks at")
+
+
+class PrivacySettings(BaseModel):
+    mask_pii: bool = Field(True, description="mask card/phone/ID numbers and e-mail in transcripts before storage")
+    keep_audio: bool = Field(False, description="store raw call audio (off by default)")
+    retention_days: int = Field(30, description="calls older than this are purged (0 = keep forever)")
+
+
+class ServerSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path | None = Field(None, description="SQLite database and kept audio; default <cache_dir>/data")
+    tokens: dict[str, str] = Field(default_factory=dict, description="bearer token -> role[:agent_id], e.g. {'s3cr3t': 'agent:a42'}")
+    max_frame_bytes: int = Field(64_000, description="largest binary audio frame accepted")
+    subscriber_queue: int = Field(256, description="events buffered per subscriber before coalescing")
+    webhooks: list[str] = Field(default_factory=list, description="URLs that receive escalation alerts (JSON POST)")
+    webhook_secret: str = Field("", description="HMAC-SHA256 key for the X-Calltone-Signature header")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CALLTONE_", env_nested_delimiter="__", extra="ignore")
 
     cache_dir: Path = Field(default_factory=lambda: Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "calltone")
     asr: AsrSettings = AsrSettings()
     vad: VadSettings = VadSettings()
+    emotion: EmotionSettings = EmotionSettings()
+    privacy: PrivacySettings = PrivacySettings()
+    server: ServerSettings = ServerSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -68,7 +68,7 @@ class CallLanguage:
 
     requested: str = "auto"
     detected: str | None = None
-    _votes: list[str] = field(default_factory=list)
+    _votes: dict[str, float] = field(default_factory=dict)  # language -> seconds of speech heard in it
 
     @property
     def current(self) -> str | None:
@@ -77,9 +77,14 @@ class CallLanguage:
     def observe(self, result: DecodeResult, duration_s: float) -> None:
         if self.current is not None or not result.text:
             return
-        self._votes.append(result.language)
-        if duration_s >= 2.0 or len(self._votes) >= 3:
-            self.detected = max(set(self._votes), key=self._votes.count)
+        self._votes[result.language] = self._votes.get(result.language, 0.0) + duration_s
+        if sum(self._votes.values()) >= 2.0:
+            self.settle()
+
+    def settle(self) -> None:
+        """Fix the language from what was heard so far (also at the end of a short call)."""
+        if self.detected is None and self._votes:
+            self.detected = max(self._votes, key=self._votes.get)
 
 
 class ChannelTranscriber:

