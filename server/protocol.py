@@ -1,0 +1,108 @@
+"""Wire-level definitions shared by the websocket handlers: close codes, error
+codes, the native ``start`` message and the supervisor alert message.
+
+Every refusal is a JSON error frame ``{"type": "error", "code": ..., "message": ...}``
+followed by a websocket close with the code from :data:`CLOSE_CODES` and the error
+code as the close reason (``docs/api.md`` has the table).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# error code -> websocket close code
+CLOSE_CODES: dict[str, int] = {
+    "stopped": 1000,            # normal end after {"type":"stop"} / Twilio stop / call.ended delivered
+    "shutting_down": 1012,      # server restarting; producers reconnect with the same call id to resume
+    "protocol_error": 1002,     # message out of order (audio before start, second start, ...)
+    "audio_before_start": 1002,
+    "unsupported_message": 1003,  # unknown control message type
+    "unsupported_encoding": 1003,
+    "unsupported_sample_rate": 1003,
+    "unsupported_data": 1003,   # e.g. binary frame on a JSON-only socket
+    "bad_json": 1007,           # text frame that is not a JSON object
+    "invalid_start": 1007,      # start message fails validation
+    "bad_channel_roles": 1007,
+    "bad_frame_size": 1007,     # byte count not a whole number of sample frames
+    "bad_audio": 1007,          # NaN/inf floats, bad base64, ...
+    "bad_call_id": 1007,
+    "unauthorized": 1008,       # missing/unknown token
+    "forbidden": 1008,          # token lacks the role (or agent id) for this resource
+    "frame_too_large": 1009,
+    "internal_error": 1011,
+    "not_ready": 1013,          # model still loading
+    "not_found": 4404,          # no such call
+    "subscriber_too_slow": 4408,  # queue overflowed; reconnect with ?after=<last seq>
+    "conflict": 4409,           # a producer is already streaming this call
+    "call_ended": 4409,         # the call id belongs to a call that already ended
+    "rate_limited": 4429,       # too many websocket messages per second
+}
+
+CALL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+
+
+def valid_call_id(call_id: str) -> bool:
+    return bool(CALL_ID_RE.match(call_id))
+
+
+class ProtocolError(Exception):
+    """A refusal: ``code`` (see :data:`CLOSE_CODES`) and a message for people."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @property
+    def close_code(self) -> int:
+        return CLOSE_CODES.get(self.code, 1008)
+
+    def frame(self) -> dict:
+        return {"type": "error", "code": self.code, "message": self.message}
+
+
+class StartMessage(BaseModel):
+    """First text frame on ``WS /v1/calls/{call_id}/audio``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["start"]
+    sample_rate: int = Field(8000, description="8000..48000 Hz")
+    encoding: str = Field("mulaw", description="mulaw | alaw | pcm_s16le | f32le")
+    channels: int = Field(2, ge=1, le=8)
+    channel_roles: list[str] | None = Field(None, description="role of each channel; default customer, agent")
+    language: Literal["zh", "en", "auto"] = "auto"
+    agent_id: str | None = Field(None, max_length=128)
+    metadata: dict = Field(default_factory=dict)
+    events: bool = Field(False, description="also send this call's events back on this socket")
+    partials: bool = Field(True, description="emit transcript.partial events")
+
+
+class AlertMessage(BaseModel):
+    """What ``WS /v1/alerts`` and the webhooks carry (one alert, its latest state)."""
+
+    type: Literal["escalation.raised", "escalation.cleared", "alert.acked"]
+    alert_id: str
+    call_id: str
+    agent_id: str | None = None
+    channel: str | None = None
+    reason: str = ""
+    evidence: dict = Field(default_factory=dict)
+    excerpt: list[dict] = Field(default_factory=list, description="recent final transcript lines: channel, t, text")
+    status: Literal["open", "cleared", "acked"] = "open"
+    t: float = 0.0
+    seq: int | None = None
+    raised_at: float | None = None
+    cleared_at: float | None = None
+    acked_by: str | None = None
+    acked_at: float | None = None
+    barge_in: bool | None = None
+    replay: bool = Field(False, description="true for the snapshot of open alerts sent on connect")
+
+
+class AckRequest(BaseModel):
+    barge_in: bool = Field(False, description="the supervisor joins the call")
+    note: str | None = Field(None, max_length=2000)
