@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 BIN := $(VENV)/bin
 
-.PHONY: run test bench samples clean
+.PHONY: run test bench samples clean web
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,14 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 # test extras and Debian's Chromium (for the page tests)
 $(VENV)/.test-installed: pyproject.toml $(VENV)/.installed
 	$(PIP) -e '.[models,test]'
+	command -v chromium >/dev/null && fc-list :lang=zh | grep -q . || (apt-get update -qq && apt-get install -y -qq chromium fonts-wqy-microhei)
+	$(PIP) playwright
 	touch $@
+
+# re-vendor the pages' chart library (pinned in web/package.json + package-lock.json) into server/static/vendor/;
+# the vendored copy is committed, so `make run` and `make test` need no npm
+web:
+	cd web && npm ci --no-audit --no-fund && node vendor.mjs
 
 run: $(VENV)/.installed
 	$(BIN)/calltone serve --demo

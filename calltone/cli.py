@@ -51,7 +51,8 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
                 print(f"calltone: {exc}", file=sys.stderr)
                 failures += 1
                 continue
-            options = PipelineOptions(language=settings.asr.language, partials=False, beam_size=settings.asr.offline_beam_size)
+            options = PipelineOptions(language=settings.asr.language, partials=False, emotion=False,
+                                      beam_size=settings.asr.offline_beam_size)
             events = asyncio.run(run_recording(Path(path).stem, rec.channels, runtime, options, block_s=30.0))
             finals = sorted((e for e in events if isinstance(e, TranscriptFinal)), key=lambda e: (e.start, e.channel))
             language = next((e.summary.get("language") for e in events if e.type == "call.ended"), settings.asr.language)

@@ -15,7 +15,8 @@ from typing import Callable
 import numpy as np
 from pydantic import BaseModel, Field
 
-from calltone.events import CallEnded, CallStarted, Event
+from calltone.emotion.channel import EmotionChannel
+from calltone.events import CallEnded, CallStarted, Event, TranscriptFinal
 from calltone.runtime import Runtime
 from calltone.speech.streaming import CallLanguage, ChannelTranscriber
 from calltone.speech.vad import StreamingVad
@@ -28,6 +29,7 @@ class PipelineOptions(BaseModel):
     roles: list[str] = Field(default_factory=lambda: ["customer", "agent"])
     transcribe: bool = True
     partials: bool = True
+    emotion: bool = True
     beam_size: int | None = None
     agent_id: str | None = None
     metadata: dict = Field(default_factory=dict)
@@ -37,7 +39,9 @@ class PipelineOptions(BaseModel):
 class ChannelState:
     role: str
     transcriber: ChannelTranscriber
+    emotion: EmotionChannel | None = None
     samples: int = 0
+    last_tick: float = 0.0
 
 
 class CallPipeline:
@@ -53,13 +57,21 @@ class CallPipeline:
         self.channels: dict[str, ChannelState] = {}
         for role in options.roles:
             vad = StreamingVad(s.vad, runtime.vad_model)
+            emotion = None
+            if options.emotion and runtime.emotion.scores(role):
+                emotion = EmotionChannel(call_id, role, runtime.emotion, runtime.cpu, self.emit, lambda: self.language.current)
             tr = ChannelTranscriber(call_id, role, runtime.asr, runtime.cpu, vad, self.language, s.asr, self.emit,
-                                    partials=options.partials, beam_size=options.beam_size)
-            self.channels[role] = ChannelState(role, tr)
+                                    partials=options.partials and role in s.asr.partial_roles, beam_size=options.beam_size,
+                                    transcribe=options.transcribe, listener=emotion.score_voice if emotion else None)
+            self.channels[role] = ChannelState(role, tr, emotion)
         self.events: list[Event] = []
         self._started = False
 
     def emit(self, event: Event) -> None:
+        if isinstance(event, TranscriptFinal):
+            ch = self.channels.get(event.channel)
+            if ch is not None and ch.emotion is not None:
+                ch.emotion.on_final(event)  # text cues before the utterance's voice score
         self._emit(event)
 
     def start(self) -> None:
@@ -80,6 +92,17 @@ class CallPipeline:
     async def _push_channel(self, ch: ChannelState, samples: np.ndarray) -> None:
         ch.samples += len(samples)
         await ch.transcriber.push(samples)
+        now = ch.samples / SAMPLE_RATE
+        if ch.emotion is not None and now - ch.last_tick >= 1.0:
+            ch.last_tick = now
+            ch.emotion.tick(now)  # clearing rules run while the speaker is silent too
+
+    async def settle(self) -> None:
+        """Wait for in-flight partial work (see ChannelTranscriber.settle)."""
+        await asyncio.gather(*(c.transcriber.settle() for c in self.channels.values()))
+        for c in self.channels.values():
+            if c.emotion is not None:
+                await c.emotion.drain()
 
     async def finish(self) -> None:
         """End of the call: finalise pending audio and emit ``call.ended``."""
@@ -87,6 +110,10 @@ class CallPipeline:
             self.start()
         await asyncio.gather(*(c.transcriber.finish() for c in self.channels.values()))
         self.language.settle()
+        for c in self.channels.values():
+            if c.emotion is not None:
+                await c.emotion.drain()
+                c.emotion.close(self.duration_s)
         self.emit(CallEnded(call_id=self.call_id, t=round(self.duration_s, 3), summary=self.summary()))
 
     def summary(self) -> dict:
@@ -94,6 +121,7 @@ class CallPipeline:
             "duration_s": round(self.duration_s, 3),
             "language": self.language.current or self.options.language,
             "talk_s": {r: round(sum(s.duration for s in c.transcriber.segments), 3) for r, c in self.channels.items()},
+            "emotion": {r: c.emotion.summary() for r, c in self.channels.items() if c.emotion is not None},
         }
 
 
@@ -102,7 +130,9 @@ async def run_recording(call_id: str, channels: dict[str, np.ndarray], runtime: 
                         on_event: Callable[[Event], None] | None = None) -> list[Event]:
     """Push a whole recording through a CallPipeline; return its events.
 
-    ``realtime`` = 0 feeds as fast as possible; 1.0 paces blocks at real time.
+    ``realtime`` = 0 feeds as fast as the workers take it, waiting for each block's
+    partial work so that the result is the same as if the call were live; 1.0 paces
+    blocks at real time.
     """
     events: list[Event] = []
 
@@ -119,7 +149,9 @@ async def run_recording(call_id: str, channels: dict[str, np.ndarray], runtime: 
     t0 = loop.time()
     for i in range(0, n, step):
         await pipe.push({r: x[i : i + step] for r, x in channels.items() if i < len(x)})
-        if realtime > 0:
+        if realtime <= 0:
+            await pipe.settle()
+        else:
             delay = t0 + (i + step) / SAMPLE_RATE / realtime - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)

@@ -17,10 +17,12 @@ class Runtime:
     asr: "AsrWorker"
     cpu: ThreadPoolExecutor
     vad_model: "SileroVad"
+    emotion: "EmotionModels"
 
     @classmethod
     def create(cls, settings: Settings | None = None) -> "Runtime":
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from calltone.emotion.channel import EmotionModels
         from calltone.models.whisper import resolve_model
         from calltone.speech.asr import DecodeOptions, WhisperEngine
         from calltone.speech.vad import SileroVad
@@ -33,7 +35,7 @@ class Runtime:
         options = DecodeOptions(word_timestamps=a.word_timestamps, window_buckets_s=_buckets(a.window_s))
         worker = AsrWorker(engine, options, max_batch=a.max_batch, partial_lag_drop_s=a.partial_lag_drop_s)
         cpu = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1), thread_name_prefix="calltone-cpu")
-        return cls(settings, worker, cpu, SileroVad())
+        return cls(settings, worker, cpu, SileroVad(), EmotionModels.load(settings.emotion))
 
     def close(self) -> None:
         self.asr.close()

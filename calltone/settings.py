@@ -30,6 +30,7 @@ class AsrSettings(BaseModel):
     partial_interval_s: float = Field(1.0, description="how often a partial hypothesis is refreshed while someone speaks")
     max_batch: int = Field(8, description="requests decoded together in one encoder/decoder pass")
     partial_lag_drop_s: float = Field(1.5, description="when the ASR queue is this far behind, partials are skipped")
+    partial_roles: list[str] = Field(["customer"], description="channels that get partial transcripts (the agent knows what they said; their finals still come)")
     word_timestamps: bool = True
 
 

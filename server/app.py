@@ -20,7 +20,7 @@ import uvicorn
 from fastapi import FastAPI, WebSocket
 from fastapi.openapi.utils import get_openapi
 
-from calltone.server import api, feeds, ingest
+from calltone.server import api, feeds, ingest, pages
 from calltone.server.auth import Authenticator, ConfigError, check_bind
 from calltone.server.bus import Bus
 from calltone.server.calls import Services
@@ -97,6 +97,7 @@ def create_app(settings: "Settings", runtime: "Runtime | None" = None, *, limits
     app.state.settings = settings
     app.state.demo_tokens = {}
     app.include_router(api.router)
+    pages.install(app)  # /agent, /supervisor, /qa and /static
 
     @app.websocket("/v1/calls/{call_id}/audio")
     async def ws_audio(websocket: WebSocket, call_id: str) -> None:

@@ -30,6 +30,7 @@ from calltone.events import Word
 SAMPLE_RATE = 16000
 FRAMES_PER_SECOND = 100  # log-mel frames
 MAX_TOKENS = 448
+EMBED_WINDOW_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class DecodeRequest:
     word_timestamps: bool = True
     beam_size: int = 1
     previous_text: str = ""  # the channel's last final, to condition on (context across utterances)
+    embed: bool = False  # also return the pooled encoder output (the emotion classifier's voice embedding)
 
 
 @dataclass
@@ -129,8 +131,20 @@ class WhisperEngine:
         audio = audio[:n]
         padded = np.zeros(n, dtype=np.float32)
         padded[: len(audio)] = audio
-        feats = self._features(padded, padding=0)
+        feats = self._features(padded)
         return feats[:, : int(window_s * FRAMES_PER_SECOND)]
+
+    def embedding(self, audio: np.ndarray, enc_row: np.ndarray | None = None, window_s: float = EMBED_WINDOW_S) -> np.ndarray:
+        """Utterance embedding: mean and std of the encoder output over the frames that
+        cover the speech, with the utterance padded to a 10 s window (as in training:
+        ``models/training/embedding.py``).  Reuses the decode's encoder output when the
+        decode ran in a 10 s window; otherwise spends one 10 s encoder pass on the last 10 s."""
+        if enc_row is None or window_s != EMBED_WINDOW_S:
+            audio = audio[-int(EMBED_WINDOW_S * SAMPLE_RATE) :]
+            enc_row = np.asarray(self.encode(self.features(audio, EMBED_WINDOW_S)[None]))[0]
+        n = max(1, min(enc_row.shape[0], int(np.ceil(min(len(audio) / SAMPLE_RATE, EMBED_WINDOW_S) / 0.02))))
+        e = enc_row[:n]
+        return np.concatenate([e.mean(0), e.std(0)]).astype(np.float32)
 
     def encode(self, feats: np.ndarray):
         import ctranslate2
@@ -157,8 +171,8 @@ class WhisperEngine:
         groups: dict[tuple[float, int], list[int]] = {}
         for i, req in enumerate(requests):
             w = self.window_for(len(req.audio) / SAMPLE_RATE, options)
-            groups.setdefault((w, req.beam_size), []).append(i)
-        for (window, beam), idx in groups.items():
+            groups.setdefault((w, req.beam_size, bool(req.previous_text.strip())), []).append(i)
+        for (window, beam, _), idx in groups.items():
             batch = [requests[i] for i in idx]
             for i, res in zip(idx, self._decode_group(batch, window, beam, options)):
                 results[i] = res
@@ -181,9 +195,13 @@ class WhisperEngine:
                 languages.append(ranked[0][0][2:-2])
         prompts = []
         max_len = 0
-        for r, lang in zip(batch, languages):
+        # previous-text context, cut to one length: CTranslate2 needs <|startoftranscript|> at the same position
+        contexts = [self.tokenizer(lang).encode(" " + r.previous_text.strip()) if r.previous_text.strip() else []
+                    for r, lang in zip(batch, languages)]
+        keep = min(64, min(len(c) for c in contexts))
+        for r, lang, context in zip(batch, languages, contexts):
             tok = self.tokenizer(lang)
-            context = tok.encode(" " + r.previous_text.strip())[-64:] if r.previous_text.strip() else []
+            context = context[len(context) - keep :] if keep else []
             prompts.append(([tok.sot_prev] + context if context else []) + list(tok.sot_sequence) + [tok.no_timestamps])
             budget = 8 + int(math.ceil(len(r.audio) / SAMPLE_RATE * options.tokens_per_second))
             max_len = max(max_len, len(prompts[-1]) + budget)
@@ -222,6 +240,11 @@ class WhisperEngine:
             out.append(res)
         if align_jobs:
             self._align(enc, batch, languages, out, align_jobs)
+        if any(r.embed for r in batch):
+            enc_np = np.asarray(enc) if enc_np is None else enc_np
+            for k, r in enumerate(batch):
+                if r.embed:
+                    out[k].embedding = self.embedding(r.audio, enc_np[k], window)
         for res in out:
             if res.language == "zh" and res.text:
                 res.text = self.to_simplified(res.text)

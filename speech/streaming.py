@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -87,16 +87,30 @@ class CallLanguage:
             self.detected = max(self._votes, key=self._votes.get)
 
 
+class SpeechListener(Protocol):
+    """Gets the speech of a channel as it is heard: the utterance so far (about once a
+    second) and each whole utterance, with the decode's voice embedding when computed."""
+
+    def __call__(self, audio: np.ndarray, start: float, end: float, embedding: np.ndarray | None, whole: bool) -> None: ...
+
+
 class ChannelTranscriber:
-    """VAD + partial/final decoding for one channel; events go to ``emit``."""
+    """VAD + partial/final decoding for one channel; events go to ``emit``.
+
+    With ``transcribe=False`` nothing is decoded, but the listener still gets the
+    speech (so the voice alone can be graded)."""
 
     def __init__(self, call_id: str, channel: str, worker: AsrWorker, cpu: Executor, vad: StreamingVad,
                  language: CallLanguage, settings: AsrSettings, emit: Callable[[Event], None],
-                 partials: bool = True, beam_size: int | None = None) -> None:
+                 partials: bool = True, beam_size: int | None = None, transcribe: bool = True,
+                 listener: SpeechListener | None = None) -> None:
         self.call_id, self.channel = call_id, channel
         self.worker, self.cpu, self.vad = worker, cpu, vad
         self.language, self.s, self.emit = language, settings, emit
-        self.partials = partials
+        self.show_partials = partials
+        self.partials = partials or listener is not None
+        self.transcribe = transcribe
+        self.listener = listener
         self.beam_size = beam_size or settings.live_beam_size
         self.buffer = AudioBuffer()
         self.segments: list[SpeechSegment] = []
@@ -118,6 +132,12 @@ class ChannelTranscriber:
             self._maybe_partial()
         return ended
 
+    async def settle(self) -> None:
+        """Wait for the partial decode in flight (recordings fed faster than real time use this
+        so that they are graded exactly as the same audio would be live)."""
+        if self._partial_task is not None and not self._partial_task.done():
+            await asyncio.shield(self._partial_task)
+
     async def finish(self) -> list[SpeechSegment]:
         """End of audio: close the open utterance and wait for every final."""
         ended = self.vad.flush()
@@ -135,19 +155,27 @@ class ChannelTranscriber:
         self._utterance += 1
         audio = self.buffer.slice(seg.start, seg.end)
         self.buffer.trim_before(seg.end - 1.0)
+        if not self.transcribe:
+            if self.listener is not None:
+                self.listener(audio, seg.start, seg.end, None, True)
+            return
         request = DecodeRequest(audio, self.language.current, word_timestamps=self.s.word_timestamps, beam_size=self.beam_size,
-                                previous_text=self._previous_text)
+                                previous_text=self._previous_text, embed=self.listener is not None)
         future = asyncio.wrap_future(self.worker.submit(self._stream_id, request, final=True))
         previous = self._final_chain
-        self._final_chain = asyncio.ensure_future(self._emit_final(seg, future, previous))
+        self._final_chain = asyncio.ensure_future(self._emit_final(seg, audio, future, previous))
 
-    async def _emit_final(self, seg: SpeechSegment, future, previous: asyncio.Task | None) -> None:
+    async def _emit_final(self, seg: SpeechSegment, audio: np.ndarray, future, previous: asyncio.Task | None) -> None:
         result: DecodeResult = await future
         if previous is not None:
             await previous  # keep finals in order
         self.language.observe(result, seg.duration)
-        if not result.text:
-            return
+        if result.text:
+            self._emit_final_text(seg, result)
+        if self.listener is not None:
+            self.listener(audio, seg.start, seg.end, result.embedding, True)
+
+    def _emit_final_text(self, seg: SpeechSegment, result: DecodeResult) -> None:
         self._previous_text = result.text
         words = [Word(word=w.word, start=round(seg.start + w.start, 3), end=round(min(seg.end, seg.start + w.end), 3),
                       probability=w.probability) for w in result.words]
@@ -157,22 +185,34 @@ class ChannelTranscriber:
 
     # -- partials --------------------------------------------------------------------------
     def _maybe_partial(self) -> None:
+        """About once a second of speech: a partial decode, and the speech so far for the listener.
+        If the previous partial is still in flight (the worker is busy, or audio arrives faster
+        than real time) the listener gets the audio without waiting for a decode."""
         start = self.vad.speech_start
         now = self.vad.processed_s
         if start is None or now - start < 0.5:
             return
         if now - self._last_partial_t < self.s.partial_interval_s:
             return
-        if self._partial_task is not None and not self._partial_task.done():
-            return
         self._last_partial_t = now
-        request = DecodeRequest(self.buffer.slice(start, now), self.language.current, word_timestamps=False, beam_size=1)
+        audio = self.buffer.slice(start, now)
+        busy = self._partial_task is not None and not self._partial_task.done()
+        if not self.transcribe or busy or not self.show_partials:
+            if self.listener is not None:
+                self.listener(audio, start, now, None, False)
+            if not self.transcribe or busy or self.listener is not None:
+                return
+        request = DecodeRequest(audio, self.language.current, word_timestamps=False, beam_size=1, embed=self.listener is not None)
         future = asyncio.wrap_future(self.worker.submit(self._stream_id, request, final=False))
-        self._partial_task = asyncio.ensure_future(self._emit_partial(self._utterance, start, now, future))
+        self._partial_task = asyncio.ensure_future(self._emit_partial(self._utterance, start, now, audio, future))
 
-    async def _emit_partial(self, utterance: int, start: float, end: float, future) -> None:
+    async def _emit_partial(self, utterance: int, start: float, end: float, audio: np.ndarray, future) -> None:
         result: DecodeResult | None = await future
-        if result is None or not result.text or utterance != self._utterance:
-            return  # skipped under load, nothing heard, or the final already came
+        if utterance != self._utterance:
+            return  # the final already came
+        if self.listener is not None:  # a skipped partial still lets the voice be graded (without the embedding)
+            self.listener(audio, start, end, result.embedding if result else None, False)
+        if result is None or not result.text or not self.show_partials:
+            return  # skipped under load, or nothing heard
         self.emit(TranscriptPartial(call_id=self.call_id, t=end, channel=self.channel, start=start, end=end,
                                     text=result.text, language=result.language))

@@ -1,0 +1,209 @@
+// Supervisor console: live calls by risk, the alert feed (ack / barge in), follow a call live.
+import { CallFeed, GRADE_RANK, api, askToken, boot, el, fmtClock, fmtTime, fmtTrend, gradeBadge, onLangChange, t, wsUrl } from "./common.js";
+import { CallView } from "./callview.js";
+
+boot("supervisor_title");
+const app = document.getElementById("app");
+
+const calls = new Map();   // call_id -> {info, grade, index, trend, feed}
+const alerts = new Map();  // alert_id -> AlertMessage
+let following = null;      // CallView
+let soundOn = false;
+
+const board = el("tbody", { "data-testid": "wallboard" });
+const alertList = el("div", { class: "alert-list", "data-testid": "alerts" });
+const followEl = el("section", { class: "panel follow", id: "follow" });
+const soundBox = el("input", { type: "checkbox", id: "sound", onchange: (e) => { soundOn = e.target.checked; } });
+
+app.replaceChildren(
+  el("div", { class: "console" },
+    el("section", { class: "panel board" },
+      el("h2", { "data-i18n": "wallboard" }, t("wallboard")),
+      el("table", { class: "grid" },
+        el("thead", {}, el("tr", {}, ...["col_call", "col_agent", "col_duration", "col_grade", "col_index", "col_trend", "col_alerts"]
+          .map((k) => el("th", { "data-i18n": k }, t(k))))),
+        board)),
+    el("section", { class: "panel alerts" },
+      el("div", { class: "row" }, el("h2", { "data-i18n": "alerts" }, t("alerts")), el("span", { class: "spacer" }),
+        el("label", { class: "sound" }, soundBox, " ", el("span", { "data-i18n": "sound" }, t("sound")))),
+      alertList)),
+  followEl);
+
+// ------------------------------------------------------------------ wallboard
+
+function openAlerts(callId) {
+  return [...alerts.values()].filter((a) => a.call_id === callId && a.status === "open");
+}
+
+function risk(c) {
+  return openAlerts(c.info.call_id).length * 1000 + (GRADE_RANK[c.grade] ?? -1) * 200 + (c.index ?? 0) + Math.max(0, c.trend ?? 0) / 10;
+}
+
+function renderBoard() {
+  const rows = [...calls.values()].sort((a, b) => risk(b) - risk(a) || a.info.started_at - b.info.started_at);
+  if (!rows.length) {
+    board.replaceChildren(el("tr", {}, el("td", { colspan: 7, class: "empty" }, t("no_live"))));
+    return;
+  }
+  board.replaceChildren(...rows.map((c) => {
+    const id = c.info.call_id;
+    const open = openAlerts(id);
+    const acked = [...alerts.values()].filter((a) => a.call_id === id && a.status === "acked").length;
+    const tr = fmtTrend(c.trend);
+    return el("tr", { class: `call-row grade-${c.grade || "unknown"}${following?.callId === id ? " selected" : ""}`, "data-call": id,
+      tabindex: 0, onclick: () => follow(id), onkeydown: (e) => { if (e.key === "Enter") follow(id); } },
+      el("td", {}, el("code", {}, id)),
+      el("td", {}, c.info.agent_id || "–"),
+      el("td", { class: "num dur", "data-started": c.info.started_at }, fmtClock(Date.now() / 1000 - c.info.started_at)),
+      el("td", {}, gradeBadge(c.grade)),
+      el("td", { class: "num" }, c.index == null ? "–" : el("span", { class: "idx" }, el("span", { class: "bar" },
+        el("span", { style: `width:${Math.round(c.index)}%` })), Math.round(c.index))),
+      el("td", { class: `trend ${tr.cls}` }, c.index == null ? "–" : `${tr.arrow} ${tr.text}`),
+      el("td", {}, open.length ? el("span", { class: "pill alert" }, "⚠ ", t("open_alerts", { n: open.length })) : null,
+        acked ? el("span", { class: "pill ok" }, `✔ ${acked}`) : null));
+  }));
+}
+
+async function refreshCalls() {
+  try {
+    const { calls: live } = await api("/v1/calls?status=live&limit=200");
+    const ids = new Set(live.map((c) => c.call_id));
+    for (const [id, c] of calls) if (!ids.has(id)) { c.feed.stop(); calls.delete(id); }
+    for (const info of live) {
+      if (calls.has(info.call_id)) { calls.get(info.call_id).info = info; continue; }
+      const c = { info, grade: null, index: null, trend: 0 };
+      c.feed = new CallFeed(info.call_id, (ev) => {
+        if (ev.type === "emotion.update" && ev.channel === "customer") {
+          c.grade = ev.grade; c.index = ev.index; c.trend = ev.trend;
+          renderBoard();
+        } else if (ev.type === "call.ended") { c.feed.stop(); calls.delete(info.call_id); renderBoard(); }
+      }).start();
+      calls.set(info.call_id, c);
+    }
+    renderBoard();
+  } catch (e) { console.warn(e); }
+}
+
+setInterval(() => {
+  for (const td of board.querySelectorAll("td.dur")) td.textContent = fmtClock(Date.now() / 1000 - +td.dataset.started);
+}, 1000);
+
+// ------------------------------------------------------------------ alert feed
+
+function beep() {
+  if (!soundOn) return;
+  try {
+    const ctx = new AudioContext();
+    const o = ctx.createOscillator();
+    const g = ctx.createGain();
+    o.frequency.value = 880;
+    g.gain.value = 0.1;
+    o.connect(g).connect(ctx.destination);
+    o.start();
+    o.stop(ctx.currentTime + 0.25);
+  } catch { /* no audio */ }
+}
+
+async function ack(alertId, bargeIn, buttons) {
+  buttons.forEach((b) => { b.disabled = true; });
+  try {
+    const row = await api(`/v1/alerts/${encodeURIComponent(alertId)}/ack`, { method: "POST", body: { barge_in: bargeIn } });
+    alerts.set(alertId, { ...alerts.get(alertId), ...row });
+    if (bargeIn) follow(row.call_id);
+  } catch (e) {
+    if (e.status === 409) { /* someone else acknowledged it: the feed brings alert.acked */ } else {
+      alert(t("error", { msg: e.message }));
+      buttons.forEach((b) => { b.disabled = false; });
+    }
+  }
+  renderAlerts();
+  renderBoard();
+}
+
+function renderAlerts() {
+  const list = [...alerts.values()].sort((a, b) => (a.status === "open" ? 0 : 1) - (b.status === "open" ? 0 : 1) || (b.raised_at ?? 0) - (a.raised_at ?? 0));
+  if (!list.length) { alertList.replaceChildren(el("p", { class: "empty" }, t("no_alerts"))); return; }
+  alertList.replaceChildren(...list.map((a) => {
+    const status = a.status || "open";
+    const btnAck = el("button", { type: "button", class: "secondary", "data-action": "ack" }, "✔ ", t("ack"));
+    const btnBarge = el("button", { type: "button", class: "danger", "data-action": "barge" }, "☎ ", t("barge"));
+    btnAck.onclick = () => ack(a.alert_id, false, [btnAck, btnBarge]);
+    btnBarge.onclick = () => ack(a.alert_id, true, [btnAck, btnBarge]);
+    const who = a.acked_by ? t("acked_by", { who: a.acked_by }) + (a.barge_in ? ` · ${t("barge_in_note")}` : "") : "";
+    return el("article", { class: `alert-card status-${status}`, "data-alert": a.alert_id, "data-status": status },
+      el("div", { class: "row" },
+        el("span", { class: `pill ${status === "open" ? "alert" : status === "acked" ? "ok" : "muted"}` },
+          status === "open" ? "⚠ " : status === "acked" ? "✔ " : "↘ ", t(`status_${status}`)),
+        el("b", {}, a.agent_id || ""), el("code", {}, a.call_id),
+        el("span", { class: "spacer" }), el("span", { class: "muted" }, fmtTime(a.raised_at))),
+      el("p", { class: "reason" }, a.reason || ""),
+      a.evidence?.index != null ? el("p", { class: "muted" }, `${t("index")} ${Math.round(a.evidence.index)}`) : null,
+      (a.excerpt || []).length ? el("blockquote", {}, (a.excerpt || []).slice(-3).map((x) => el("div", {}, el("b", {}, `${t(x.channel)}: `), x.text))) : null,
+      el("div", { class: "row actions" },
+        status !== "acked" ? [btnAck, btnBarge] : el("span", { class: "muted" }, who),
+        el("span", { class: "spacer" }),
+        el("button", { type: "button", class: "link", onclick: () => follow(a.call_id) }, t("open_call"))));
+  }));
+}
+
+let alertRetry = 0;
+function connectAlerts() {
+  const ws = new WebSocket(wsUrl("/v1/alerts"));
+  let lastError = null;
+  ws.onopen = () => { alertRetry = 0; };
+  ws.onmessage = (m) => {
+    const msg = JSON.parse(m.data);
+    if (msg.type === "error") { lastError = msg.code; return; }
+    const old = alerts.get(msg.alert_id);
+    if (msg.type === "escalation.raised" && !msg.replay && !old) beep();
+    // never let a replayed "open" overwrite a newer acknowledged state
+    if (old && old.status === "acked" && msg.status !== "acked") return;
+    alerts.set(msg.alert_id, { ...(old || {}), ...msg });
+    renderAlerts();
+    renderBoard();
+  };
+  ws.onclose = (e) => {
+    if (e.code === 1008 && lastError === "unauthorized") { askToken(true).then(connectAlerts); return; }
+    if (e.code === 1008) { alertList.replaceChildren(el("p", { class: "error" }, t("forbidden"))); return; }
+    setTimeout(connectAlerts, Math.min(5000, 300 * 2 ** alertRetry++));
+  };
+}
+
+// ------------------------------------------------------------------ follow a call
+
+function follow(callId) {
+  if (following?.callId === callId) { followEl.scrollIntoView({ behavior: "smooth", block: "start" }); return; }
+  following?.destroy();
+  const root = el("div", {});
+  followEl.replaceChildren(
+    el("div", { class: "row" }, el("h2", {}, t("following")), el("span", { class: "spacer" }),
+      el("a", { href: `/agent?call=${encodeURIComponent(callId)}`, target: "_blank", rel: "noopener" }, "↗"),
+      el("button", { type: "button", class: "link", onclick: unfollow }, t("close"))),
+    root);
+  following = new CallView(root, callId).start();
+  window.calltone = { following };
+  renderBoard();
+  const u = new URL(location.href);
+  u.searchParams.set("call", callId);
+  history.replaceState(null, "", u);
+}
+
+function unfollow() {
+  following?.destroy();
+  following = null;
+  followEl.replaceChildren(el("p", { class: "empty" }, t("select_call")));
+  const u = new URL(location.href);
+  u.searchParams.delete("call");
+  history.replaceState(null, "", u);
+  renderBoard();
+}
+
+onLangChange(() => { renderBoard(); renderAlerts(); if (!following) unfollow(); else followEl.querySelector("h2").textContent = t("following"); });
+
+renderBoard();
+renderAlerts();
+const initial = new URL(location.href).searchParams.get("call");
+if (initial) follow(initial); else unfollow();
+// a first authenticated request (asks for a token if needed) before opening the alert socket
+refreshCalls().then(connectAlerts);
+setInterval(refreshCalls, 2000);

@@ -1,0 +1,281 @@
+"""The web pages in a real browser (Debian's Chromium driven by Playwright) against a real
+server on loopback with the real model, while a composed escalating call streams in at
+real time: the agent desktop follows the call, the supervisor acknowledges the alert, QA
+reviews the call.  Screenshots go to test-output/pages/ and docs/screenshots/."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from calltone.server.app import ServerThread, create_app
+from calltone.server.g711 import encode
+from calltone.settings import ServerSettings, Settings
+
+from .conftest import EMOTION_SPEECH, MAKE_CALLS, REPO, require
+
+CHROMIUM = Path("/usr/bin/chromium")
+OUT = REPO / "test-output" / "pages"
+DOCS_SHOTS = REPO / "docs" / "screenshots"
+TOKENS = {
+    "ingest-token-0001": "ingest",
+    "agent-a1-token-01": "agent:a1",
+    "supervisor-tok-01": "supervisor:sam",
+    "qa-token-0000001": "qa:quinn",
+}
+INGEST, AGENT, SUP, QA = TOKENS
+CALL_ID = "pages-escalate-1"
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+
+playwright_sync = pytest.importorskip("playwright.sync_api", reason="pip install playwright (make test installs it)")
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def escalate_call(tmp_path_factory) -> Path:
+    require(EMOTION_SPEECH)
+    out = tmp_path_factory.mktemp("calls")
+    subprocess.run([sys.executable, str(require(MAKE_CALLS)), str(EMOTION_SPEECH), str(out), "--calls", "4", "--telephony",
+                    "--lang", "en"], check=True, capture_output=True, timeout=120)
+    return require(out / "call001-escalate.wav")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, runtime):
+    s = Settings()
+    s.server = ServerSettings(data_dir=tmp_path_factory.mktemp("data"), tokens=dict(TOKENS))
+    app = create_app(s, runtime)
+    with ServerThread(app, s) as srv:
+        srv.wait_ready()
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} missing: `make test` installs Debian's chromium")
+    with playwright_sync.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=BROWSER_ARGS)
+        yield b
+        b.close()
+
+
+def new_page(browser, locale="en-US", width=1400, height=900):
+    ctx = browser.new_context(locale=locale, viewport={"width": width, "height": height}, device_scale_factor=1)
+    page = ctx.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.errors = errors  # type: ignore[attr-defined]
+    return page
+
+
+def shot(page, name: str, docs: bool = True) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"{name}.png"
+    page.screenshot(path=str(path), full_page=False)
+    if docs:
+        DOCS_SHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, DOCS_SHOTS / f"{name}.png")
+
+
+def rest(srv, path: str, token: str, method="GET", body=None):
+    req = urllib.request.Request(srv.http + path, method=method, data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+class Streamer(threading.Thread):
+    """Streams a stereo recording as one call over the native ingest protocol at real time
+    (20 ms µ-law frames, like a telephony client); ``finish()`` sends stop early."""
+
+    def __init__(self, srv, path: Path, call_id: str, agent_id: str = "a1") -> None:
+        super().__init__(daemon=True, name="stream-call")
+        from calltone.server.replay import read_audio
+
+        self.audio, self.rate = read_audio(path)
+        self.url = f"{srv.ws}/v1/calls/{call_id}/audio?token={INGEST}"
+        self.agent_id = agent_id
+        self.stop_now = threading.Event()
+        self.ended = threading.Event()
+        self.error: BaseException | None = None
+        self.sent_s = 0.0
+
+    def run(self) -> None:
+        from websockets.sync.client import connect
+
+        try:
+            with connect(self.url, max_size=None) as ws:
+                ws.send(json.dumps({"type": "start", "sample_rate": self.rate, "encoding": "mulaw", "channels": 2,
+                                    "channel_roles": ["customer", "agent"], "language": "en", "agent_id": self.agent_id}))
+                assert json.loads(ws.recv(timeout=30))["type"] == "started"
+                step = self.rate // 50
+                t0 = time.monotonic()
+                for i in range(0, len(self.audio), step):
+                    if self.stop_now.is_set():
+                        break
+                    ws.send(encode(self.audio[i : i + step], "mulaw"))
+                    self.sent_s = min(len(self.audio), i + step) / self.rate
+                    delay = t0 + self.sent_s - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                ws.send(json.dumps({"type": "stop"}))
+                try:
+                    while True:
+                        ws.recv(timeout=60)
+                except Exception:  # noqa: BLE001 - closed after call.ended
+                    pass
+        except BaseException as e:  # noqa: BLE001
+            self.error = e
+        finally:
+            self.ended.set()
+
+    def finish(self, timeout: float = 90.0) -> None:
+        self.stop_now.set()
+        assert self.ended.wait(timeout), "the call did not end"
+        assert self.error is None, self.error
+
+
+def until(fn, timeout: float, what: str, every: float = 0.25):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = fn()
+        if got:
+            return got
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_pages_are_served_offline(server):
+    """The pages and the vendored chart library come from the server itself (no CDN)."""
+    for path in ("/", "/agent", "/supervisor", "/qa"):
+        with urllib.request.urlopen(server.http + path, timeout=10) as r:
+            html = r.read().decode()
+            assert r.status == 200 and "text/html" in r.headers["content-type"]
+            assert "http://" not in html and "https://" not in html  # nothing from elsewhere
+    lock = json.loads((REPO / "web" / "package-lock.json").read_text())
+    pinned = json.loads((REPO / "web" / "package.json").read_text())["dependencies"]["uplot"]
+    assert lock["packages"]["node_modules/uplot"]["version"] == pinned
+    vendored = json.loads((REPO / "server" / "static" / "vendor" / "VERSIONS.json").read_text())
+    assert vendored["uplot"] == pinned, "server/static/vendor is stale: run `make web`"
+    with urllib.request.urlopen(server.http + "/static/vendor/uPlot.iife.min.js", timeout=10) as r:
+        assert r.status == 200 and len(r.read()) > 20_000
+
+
+def test_sign_in_and_language(server, browser):
+    """No token: the page asks for one (a wrong one is refused); the language toggle switches zh/en;
+    a Chinese browser gets Chinese by default."""
+    page = new_page(browser, locale="en-US")
+    page.goto(server.http + "/qa")
+    page.wait_for_selector("#token-dialog:not([hidden])", timeout=10_000)
+    page.fill("#token-input", "not-a-valid-token")
+    page.click("#token-dialog button[type=submit]")
+    page.wait_for_selector("#token-bad:not([hidden])", timeout=10_000)
+    page.fill("#token-input", QA)
+    page.click("#token-dialog button[type=submit]")
+    page.wait_for_selector("[data-testid=calls]", timeout=10_000)
+    assert page.locator("header h1").inner_text() == "Call quality review"
+    page.click("#lang-toggle")
+    assert page.locator("header h1").inner_text() == "通话质检"
+    page.context.close()
+
+    zh = new_page(browser, locale="zh-CN")
+    zh.goto(f"{server.http}/agent?token={AGENT}")
+    zh.wait_for_selector("[data-testid=waiting]", timeout=10_000)
+    assert zh.locator("header h1").inner_text() == "坐席工作台"
+    assert "token=" not in zh.url  # the token is moved out of the address bar
+    assert not zh.errors, zh.errors
+    zh.context.close()
+
+
+def test_live_call_in_agent_supervisor_and_qa_pages(server, browser, escalate_call):
+    agent = new_page(browser)
+    agent.goto(f"{server.http}/agent?token={AGENT}")
+    agent.wait_for_selector("[data-testid=waiting]", timeout=10_000)
+    sup = new_page(browser)
+    sup.goto(f"{server.http}/supervisor?token={SUP}")
+    sup.wait_for_selector("[data-testid=wallboard]", timeout=10_000)
+
+    streamer = Streamer(server, escalate_call, CALL_ID)
+    streamer.start()
+    try:
+        # the agent desktop finds its live call by the agent token and shows transcript lines
+        agent.wait_for_selector("[data-testid=conn][data-state=live]", timeout=20_000)
+        agent.wait_for_selector("[data-testid=transcript] .line:not(.partial)", timeout=40_000)
+        # the supervisor's wallboard lists the call
+        sup.wait_for_selector(f"tr.call-row[data-call='{CALL_ID}']", timeout=10_000)
+
+        # a dropped feed reconnects with ?after= and neither loses nor repeats lines (checked at the end)
+        connects = agent.evaluate("window.calltone.feed.connects")
+        agent.evaluate("window.calltone.feed.drop()")
+        until(lambda: agent.evaluate("window.calltone.feed.connects") > connects and
+              agent.evaluate("document.querySelector('[data-testid=conn]').dataset.state") == "live", 15, "reconnect")
+
+        # the customer's grade turns angry on the agent desktop (large indicator: icon + word + colour)
+        agent.wait_for_selector("[data-testid=grade][data-grade=angry]", timeout=150_000)
+        assert agent.locator("[data-testid=grade-word]").inner_text() == "Angry"
+        assert agent.locator("[data-testid=cues] li").count() >= 1
+        # the supervisor gets the alert and barges in; the ack is stored
+        card = sup.wait_for_selector(f".alert-card[data-status=open]:has(code:text-is('{CALL_ID}'))", timeout=60_000)
+        alert_id = card.get_attribute("data-alert")
+        agent.wait_for_selector("[data-testid=notice-raised]", timeout=10_000)
+        sup.locator(f".alert-card[data-alert='{alert_id}'] button[data-action=barge]").click()
+        sup.wait_for_selector(f".alert-card[data-alert='{alert_id}'][data-status=acked]", timeout=10_000)
+        status, row = rest(server, f"/v1/alerts/{alert_id}", SUP)
+        assert status == 200 and row["status"] == "acked" and row["barge_in"] is True and row["acked_by"] == "supervisor:sam"
+        # barge-in opens the live view of the call on the console; the agent sees the supervisor joining
+        sup.wait_for_selector("#follow [data-testid=transcript] .line", timeout=10_000)
+        agent.wait_for_selector("[data-testid=notice-barge]", timeout=10_000)
+        agent.wait_for_timeout(1500)
+        shot(agent, "agent")
+        sup.wait_for_timeout(500)
+        shot(sup, "supervisor")
+    finally:
+        streamer.finish()
+
+    # all lines once each, in the agent page, after the reconnect
+    agent.wait_for_selector("[data-testid=notice-ended]", timeout=30_000)
+    status, call = rest(server, f"/v1/calls/{CALL_ID}", QA)
+    assert status == 200 and call["status"] == "ended"
+    seqs = agent.eval_on_selector_all("[data-testid=transcript] .line:not(.partial)", "els => els.map(e => +e.dataset.seq)")
+    assert sorted(seqs) == sorted(x["seq"] for x in call["transcript"]), "agent page lost or repeated transcript lines"
+    assert not agent.locator("[data-testid=transcript] .line.partial").count()
+    assert not agent.errors and not sup.errors, (agent.errors, sup.errors)
+
+    # QA: the call is listed (filter: escalated), its page renders the timeline, graded transcript and metrics
+    qa = new_page(browser)
+    qa.goto(f"{server.http}/qa?token={QA}&escalated=true")
+    qa.wait_for_selector(f"[data-testid=calls] tr[data-call='{CALL_ID}']", timeout=10_000)
+    qa.click(f"[data-testid=calls] tr[data-call='{CALL_ID}'] a")
+    qa.wait_for_selector("[data-testid=timeline] canvas", timeout=10_000)
+    assert qa.locator("[data-testid=qa-transcript] .line").count() == len(call["transcript"])
+    assert qa.locator("[data-testid=qa-transcript] .badge.grade-angry").count() >= 1
+    assert "Escalations" in qa.locator("[data-testid=metrics]").inner_text()
+    qa.wait_for_timeout(300)
+    shot(qa, "qa")
+    qa.click("#lang-toggle")  # the same page in Chinese (test output only)
+    assert qa.locator("header h1").inner_text() == "通话质检"
+    qa.wait_for_timeout(300)
+    shot(qa, "qa-zh", docs=False)
+    assert not qa.errors, qa.errors
+    for p in (agent, sup, qa):
+        p.context.close()
