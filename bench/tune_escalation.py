@@ -98,7 +98,7 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def score(recorded, tracking, escalation, models) -> dict:
-    false_alerts, delays, missed, early = 0, [], 0, 0
+    false_alerts, recover_alerts, delays, missed, early = 0, 0, [], 0, 0
     for truth, log in recorded:
         alerts = replay(truth, log, tracking, escalation, models)
         if truth["escalation_expected"]:
@@ -109,9 +109,11 @@ def score(recorded, tracking, escalation, models) -> dict:
                 delays.append(after[0] - onset)
             else:
                 missed += 1
-        else:
+        elif truth["kind"] == "steady":
             false_alerts += len(alerts)
-    return dict(false_alerts=false_alerts, early=early, missed=missed, caught=len(delays),
+        else:
+            recover_alerts += len(alerts)  # anxiety without anger: an alert is not required, nor forbidden
+    return dict(false_alerts=false_alerts, recover_alerts=recover_alerts, early=early, missed=missed, caught=len(delays),
                 mean_delay_s=round(sum(delays) / len(delays), 1) if delays else None,
                 max_delay_s=round(max(delays), 1) if delays else None)
 
@@ -126,13 +128,18 @@ def main() -> None:
 
     rt = Runtime.create(Settings())
     recorded = []
+    import pickle
+    cache = Path(tempfile.gettempdir()) / f"calltone-tune-{a.calls}-{a.seed}.pkl"
+    if cache.exists():
+        recorded = pickle.loads(cache.read_bytes())
     with tempfile.TemporaryDirectory() as tmp:
-        for tel, sub in ((False, "clean"), (True, "tel")):
+        for tel, sub in (() if recorded else ((False, "clean"), (True, "tel"))):
             d = Path(tmp) / sub
             args = [sys.executable, str(SHARED / "tools" / "make_calls.py"), str(SHARED / "data" / "emotion-speech"), str(d),
                     "--calls", str(a.calls // 2), "--seed", str(a.seed)] + (["--telephony"] if tel else [])
             subprocess.run(args, check=True, capture_output=True)
             recorded += record(d, rt)
+        cache.write_bytes(pickle.dumps(recorded))
     grid = {
         "angry_dwell_s": [1.0], "tau_s": [1.5, 2.5], "max_gap_s": [1.5, 3.0],
         "sustained": [2.0, 3.0, 4.0], "rise_points": [20.0, 25.0], "rise_hold": [1.0, 2.0],

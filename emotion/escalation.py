@@ -43,15 +43,15 @@ class _Section(BaseModel):
 
 class AngrySustainedRule(_Section):
     enabled: bool = True
-    min_s: float = Field(4.0, ge=0.0)
+    min_s: float = Field(3.0, ge=0.0)
 
 
 class IndexRiseRule(_Section):
     enabled: bool = True
-    points: float = Field(25.0, gt=0.0)
+    points: float = Field(20.0, gt=0.0)
     window_s: float = Field(20.0, gt=0.0)
-    min_index: float = Field(60.0, ge=0.0, le=100.0)
-    hold_s: float = Field(2.0, ge=0.0, description="the index must have stayed >= min_index this long (ignores 1-2 s outbursts)")
+    min_index: float = Field(65.0, ge=0.0, le=100.0)
+    hold_s: float = Field(0.0, ge=0.0, description="the index must have stayed >= min_index this long (raise it to ignore short outbursts)")
 
 
 class PhraseRule(_Section):

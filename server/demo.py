@@ -46,7 +46,15 @@ def _base(settings: "Settings") -> tuple[str, str]:
 def demo_banner(settings: "Settings", tokens: dict[str, str]) -> str:
     http, ws = _base(settings)
     by_role = {spec: token for token, spec in tokens.items()}
+
+    def page(path: str, role: str) -> str:
+        token = next((t for spec, t in by_role.items() if spec.split(":")[0] == role), None)
+        return f"{http}{path}" + (f"?token={token}" if token else "")
+
     lines = ["", "calltone demo: the sample calls stream in a loop (demo-zh-N, demo-en-N)", "",
+             f"  agent desktop   {page('/agent', 'agent')}",
+             f"  supervisor      {page('/supervisor', 'supervisor')}",
+             f"  QA              {page('/qa', 'qa')}", "",
              f"  API docs        {http}/docs", f"  health          {http}/healthz   ready: {http}/readyz",
              f"  calls           {http}/v1/calls", f"  metrics         {http}/metrics",
              f"  call events     {ws}/v1/calls/<call_id>/events?after=0", f"  alert feed      {ws}/v1/alerts",
