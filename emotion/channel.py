@@ -28,6 +28,7 @@ from calltone.settings import EmotionSettings
 
 SAMPLE_RATE = 16000
 VOICE_WINDOW_S = 6.0  # prosody looks at the last 6 s of the utterance
+MIN_VOICE_S = 1.0  # pitch and rate statistics over less speech are noise
 
 
 @dataclass
@@ -150,7 +151,7 @@ class EmotionChannel:
         from calltone.emotion.features import extract_features
 
         window = audio[-int(VOICE_WINDOW_S * SAMPLE_RATE) :]
-        if len(window) < int(0.3 * SAMPLE_RATE):
+        if len(window) < int(MIN_VOICE_S * SAMPLE_RATE):
             return None
         features = extract_features(window, SAMPLE_RATE)
         if not np.any(features):
