@@ -162,7 +162,8 @@ class EmotionChannel:
         else:
             clf, baseline, kind = self.models.prosody, self.baseline_prosody, "voice"
             probs = clf.predict_proba(features[None], baseline)[0]
-        cues = [Cue(**{k: c[k] for k in ("name", "label", "value", "unit", "z") if k in c}) for c in clf.explain(features, baseline)]
+        explained = clf.explain(features, baseline) or clf.explain(features, baseline, min_z=0.0)  # always say why
+        cues = [Cue(**{k: c[k] for k in ("name", "label", "value", "unit", "z") if k in c}) for c in explained]
         if whole:  # the speaker baseline learns from whole utterances (as in training), after scoring them
             self.baseline_main.update(features, embedding=embedding)
             self.baseline_prosody.update(features)
