@@ -77,7 +77,7 @@ def bench_offline() -> list[dict]:
         rows.append(dict(model=model, path="faster-whisper transcribe (30 s windows)", audio_s=seconds, wall_s=wall,
                          cpu_s=cpu, rtf=wall / seconds, words=len(text.split())))
         t0, c0 = time.perf_counter(), cpu_seconds()
-        events = asyncio.run(run_recording("bench", {"customer": audio}, rt, PipelineOptions(language="en", partials=False), block_s=30.0))
+        events = asyncio.run(run_recording("bench", {"customer": audio}, rt, PipelineOptions(language="en", partials=False, emotion=False), block_s=30.0))
         wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
         words = sum(len(e.text.split()) for e in events if e.type == "transcript.final")
         rows.append(dict(model=model, path="calltone pipeline (VAD + short windows, word times)", audio_s=seconds, wall_s=wall,

@@ -6,8 +6,8 @@
    `calltone train` and stored in the models' JSON sidecars): UAR clean and
    telephone, per language, happy/surprise graded angry.
 2. Prosody feature cost: CPU milliseconds per second of audio, 16 kHz and 8 kHz.
-3. Escalation over composed calls (../shared/tools/make_calls.py, half 16 kHz,
-   half 8 kHz telephony) with the shipped defaults: false alerts on steady/recover
+3. Escalation over composed calls (../shared/tools/make_calls.py: half 16 kHz with
+   any language, half 8 kHz telephony English) with the shipped defaults: false alerts on steady/recover
    calls, delay from anger onset to the alert on escalate/flare calls.
 """
 
@@ -77,9 +77,10 @@ def escalation(n_calls: int) -> str:
     recorded = []
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        for tel in (False, True):
+        for tel, lang in ((False, "any"), (True, "en")):  # 16 kHz: Mandarin + German speakers; 8 kHz: English
             d = Path(tmp) / ("tel" if tel else "clean")
-            args = [sys.executable, str(SHARED / "tools" / "make_calls.py"), str(CORPUS), str(d), "--calls", str(n_calls // 2), "--seed", "9"]
+            args = [sys.executable, str(SHARED / "tools" / "make_calls.py"), str(CORPUS), str(d), "--calls", str(n_calls // 2),
+                    "--seed", "9", "--lang", lang]
             subprocess.run(args + (["--telephony"] if tel else []), check=True, capture_output=True)
             recorded += [(tel, truth, log) for truth, log in record(d, rt)]
     wall = time.perf_counter() - t0

@@ -103,7 +103,11 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from calltone.models.training import train
 
-    train.run(Path(args.manifest), Path(args.out))
+    out = Path(args.out)
+    if out.suffix != ".onnx":  # a directory: the standard file names inside it
+        out.mkdir(parents=True, exist_ok=True)
+        out = out / "emotion.onnx"
+    train.run(Path(args.manifest), out)
     return 0
 
 
@@ -156,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train the emotion classifier and export ONNX")
     tr.add_argument("--manifest", required=True)
-    tr.add_argument("--out", required=True, help="output directory (e.g. models/)")
+    tr.add_argument("--out", required=True, help="output directory (e.g. models/) or .onnx file; the prosody-only model goes beside it")
     tr.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="evaluate the emotion classifier on a labelled manifest")

@@ -156,6 +156,8 @@ class EmotionChannel:
         features = extract_features(window, SAMPLE_RATE)
         if not np.any(features):
             return None
+        if embedding is not None and embedding.shape[-1] != self.models.main.embedding_dim:
+            embedding = None  # another Whisper size than the model was trained with (e.g. tiny.en): the voice alone
         if embedding is not None:
             clf, baseline, kind = self.models.main, self.baseline_main, "voice+embedding"
             probs = clf.predict_proba(features[None], baseline, embeddings=embedding[None])[0]

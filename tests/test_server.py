@@ -673,3 +673,40 @@ def test_retention_purge(server):
     services.store.submit(lambda r: r.upsert_call({"call_id": "ancient", "status": "ended", "started_at": old})).result()
     assert "ancient" in server.call(purge_expired, services)
     assert rest(server, "/v1/calls/ancient", SUP)[0] == 404
+
+
+def test_real_escalate_call_alerts_supervisors(server, tmp_path):
+    """A composed escalate call (real Mandarin speech, 8 kHz telephony, µ-law) streamed
+    over the native ingest: emotion updates on the call feed and an escalation alert on
+    the supervisor feed after the anger onset (fed at 2x real time to keep the test short)."""
+    import subprocess
+    import sys
+
+    shared = Path(__file__).resolve().parents[1].parent / "shared"
+    subprocess.run([sys.executable, str(shared / "tools" / "make_calls.py"), str(shared / "data" / "emotion-speech"), str(tmp_path),
+                    "--calls", "2", "--lang", "zh", "--telephony", "--seed", "21"], check=True, capture_output=True)
+    truth = json.loads((tmp_path / "call001-escalate.json").read_text(encoding="utf-8"))
+    audio, rate = sf.read(str(tmp_path / "call001-escalate.wav"), dtype="float32", always_2d=True)
+    alerts: list[dict] = []
+
+    def listen() -> None:
+        with connect(ws_url(server, "/v1/alerts", SUP)) as feed:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not alerts:
+                try:
+                    msg = json.loads(feed.recv(timeout=1))
+                except TimeoutError:
+                    continue
+                if msg["type"] == "escalation.raised" and msg["call_id"] == "real-esc":
+                    alerts.append(msg)
+
+    listener = threading.Thread(target=listen)
+    listener.start()
+    time.sleep(0.5)
+    events = stream(server, "real-esc", audio, rate, encoding="mulaw", speed=2.0, frame_s=0.02, timeout=120)
+    listener.join(130)
+    updates = [e for e in events if e["type"] == "emotion.update"]
+    assert updates and all(e["channel"] == "customer" for e in updates)
+    assert any(e["grade"] == "angry" for e in updates if e["t"] >= truth["escalation_onset_s"])
+    assert alerts, "no alert on the supervisor feed"
+    assert alerts[0]["t"] >= truth["escalation_onset_s"] and alerts[0]["agent_id"] == "a1" and alerts[0]["reason"]
