@@ -18,11 +18,11 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 	$(BIN)/calltone models
 	touch $@
 
-# test extras and Debian's Chromium (for the page tests)
+# test extras (pytest, jiwer, playwright's Python client) and Debian's Chromium + a CJK font
+# for the page tests; playwright never downloads a browser here, the tests use /usr/bin/chromium
 $(VENV)/.test-installed: pyproject.toml $(VENV)/.installed
 	$(PIP) -e '.[models,test]'
 	command -v chromium >/dev/null && fc-list :lang=zh | grep -q . || (apt-get update -qq && apt-get install -y -qq chromium fonts-wqy-microhei)
-	$(PIP) playwright
 	touch $@
 
 # re-vendor the pages' chart library (pinned in web/package.json + package-lock.json) into server/static/vendor/;

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from calltone.server.auth import Principal
 from calltone.server.bus import Message
 from calltone.server.calls import Services
-from calltone.server.protocol import AckRequest, AlertMessage
+from calltone.server.protocol import AckRequest, AlertFields, AlertMessage
 from calltone.server.summary import compute_summary, timeline
 
 router = APIRouter()
@@ -62,22 +62,12 @@ class CallList(BaseModel):
     calls: list[CallInfo]
 
 
-class AlertInfo(BaseModel):
-    alert_id: str
-    call_id: str
-    agent_id: str | None = None
-    channel: str | None = None
+class AlertInfo(AlertFields):
     reason: str | None = None
     evidence: dict | None = None
     excerpt: list[dict] | None = None
     status: str
     t: float | None = None
-    seq: int | None = None
-    raised_at: float | None = None
-    cleared_at: float | None = None
-    acked_by: str | None = None
-    acked_at: float | None = None
-    barge_in: bool | None = None
     note: str | None = None
     deliveries: list[dict] | None = Field(None, description="webhook delivery log (GET /v1/alerts/{id} only)")
 

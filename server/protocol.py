@@ -81,25 +81,30 @@ class StartMessage(BaseModel):
     partials: bool = Field(True, description="emit transcript.partial events")
 
 
-class AlertMessage(BaseModel):
-    """What ``WS /v1/alerts`` and the webhooks carry (one alert, its latest state)."""
+class AlertFields(BaseModel):
+    """What every view of an alert has (feed message, webhook, REST)."""
 
-    type: Literal["escalation.raised", "escalation.cleared", "alert.acked"]
     alert_id: str
     call_id: str
     agent_id: str | None = None
     channel: str | None = None
-    reason: str = ""
-    evidence: dict = Field(default_factory=dict)
-    excerpt: list[dict] = Field(default_factory=list, description="recent final transcript lines: channel, t, text")
-    status: Literal["open", "cleared", "acked"] = "open"
-    t: float = 0.0
     seq: int | None = None
     raised_at: float | None = None
     cleared_at: float | None = None
     acked_by: str | None = None
     acked_at: float | None = None
     barge_in: bool | None = None
+
+
+class AlertMessage(AlertFields):
+    """What ``WS /v1/alerts`` and the webhooks carry (one alert, its latest state)."""
+
+    type: Literal["escalation.raised", "escalation.cleared", "alert.acked"]
+    reason: str = ""
+    evidence: dict = Field(default_factory=dict)
+    excerpt: list[dict] = Field(default_factory=list, description="recent final transcript lines: channel, t, text")
+    status: Literal["open", "cleared", "acked"] = "open"
+    t: float = 0.0
     replay: bool = Field(False, description="true for the snapshot of open alerts sent on connect")
 
 
