@@ -124,8 +124,10 @@ class ChannelTranscriber:
     async def push(self, samples: np.ndarray) -> list[SpeechSegment]:
         """Add 16 kHz audio; schedule decodes; return the speech segments that ended."""
         self.buffer.append(samples)
-        loop = asyncio.get_running_loop()
-        ended = await loop.run_in_executor(self.cpu, self.vad.feed, samples)
+        if self.vad.would_run_model(len(samples)):  # model work goes to the CPU pool, never the event loop
+            ended = await asyncio.get_running_loop().run_in_executor(self.cpu, self.vad.feed, samples)
+        else:
+            ended = self.vad.feed(samples)  # less than one 32 ms chunk so far: only buffered
         for seg in ended:
             self._finalise(seg)
         if self.partials:

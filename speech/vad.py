@@ -106,6 +106,10 @@ class StreamingVad:
     def _t(self, chunk_index: int) -> float:
         return self.t0 + chunk_index * CHUNK / SAMPLE_RATE
 
+    def would_run_model(self, n_samples: int) -> bool:
+        """Whether feeding ``n_samples`` more completes a 32 ms chunk (else feeding is a cheap append)."""
+        return len(self._pending) + n_samples >= CHUNK
+
     @property
     def processed_s(self) -> float:
         return self._t(self._n_chunks)
