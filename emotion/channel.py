@@ -164,7 +164,10 @@ class EmotionChannel:
         else:
             clf, baseline, kind = self.models.prosody, self.baseline_prosody, "voice"
             probs = clf.predict_proba(features[None], baseline)[0]
-        explained = clf.explain(features, baseline) or clf.explain(features, baseline, min_z=0.0)  # always say why
+        grade = ("calm", "anxious", "angry")[int(np.argmax(probs))]
+        explained = (clf.explain(features, baseline, toward=grade)  # the cues that point to this score's grade
+                     or clf.explain(features, baseline, min_z=0.5, toward=grade)
+                     or clf.explain(features, baseline, min_z=0.0))  # always say why
         cues = [Cue(**{k: c[k] for k in ("name", "label", "value", "unit", "z") if k in c}) for c in explained]
         if whole:  # the speaker baseline learns from whole utterances (as in training), after scoring them
             self.baseline_main.update(features, embedding=embedding)

@@ -38,6 +38,18 @@ EXPLAINABLE = [
     "spec_slope", "centroid", "f0_rise", "f0_fall", "loud_peak_rate",
 ]
 
+# Which way each explainable feature typically moves when a speaker is aroused (anxious or
+# angry) — the eGeMAPS arousal correlates: higher, wider, louder, faster, fewer pauses,
+# tenser spectrum (in this feature set higher alpha ratio / Hammarberg / slope = softer).
+# Used to explain an upset grade by the cues that point that way.  0 = no clear direction.
+AROUSED_DIRECTION = {
+    "f0_mean": 1, "f0_range": 1, "f0_std": 1, "f0_rise": 1, "f0_fall": 1,
+    "loud_mean": 1, "loud_range": 1, "loud_std": 1, "loud_peak_rate": 1,
+    "syll_rate": 1, "artic_rate": 1, "pause_ratio": -1, "pause_max": -1,
+    "alpha_ratio": -1, "hammarberg": -1, "spec_slope": -1, "centroid": 1,
+    "jitter": 0, "shimmer": 0, "hnr_mean": 0,
+}
+
 __all__ = ["LABELS", "EmotionClassifier", "load", "predict_proba", "explain", "DEFAULT_MODEL", "PROSODY_MODEL"]
 
 
@@ -151,8 +163,9 @@ class EmotionClassifier:
         """
         return self.proba_from_input(self.build_input(features_batch, baseline, embeddings))
 
-    def explain(self, features: np.ndarray, baseline: SpeakerBaseline | None = None, top_k: int = 3, min_z: float = 1.0) -> list[dict]:
-        return explain_features(features, baseline or self.new_baseline(), self.pop_mean, self.pop_std, top_k, min_z)
+    def explain(self, features: np.ndarray, baseline: SpeakerBaseline | None = None, top_k: int = 3, min_z: float = 1.0,
+                toward: str | None = None) -> list[dict]:
+        return explain_features(features, baseline or self.new_baseline(), self.pop_mean, self.pop_std, top_k, min_z, toward)
 
 
 def explain_features(
@@ -162,8 +175,12 @@ def explain_features(
     pop_std: np.ndarray | None = None,
     top_k: int = 3,
     min_z: float = 1.0,
+    toward: str | None = None,
 ) -> list[dict]:
     """Top cues: features that moved most vs the speaker baseline (or the population).
+
+    With ``toward`` = "anxious" or "angry", only features that moved the aroused way
+    (``AROUSED_DIRECTION``) count, so an upset grade is explained by what points to it.
 
     Returns dicts shaped like ``calltone.events.Cue``: name, label, value, unit, z,
     plus ``delta`` (value minus the reference mean) and ``reference`` ("speaker"/"population").
@@ -180,6 +197,8 @@ def explain_features(
         ref = "population"
     z = (f - mean) / np.maximum(sd, 1e-9)
     idx = [FEATURE_NAMES.index(n) for n in EXPLAINABLE]
+    if toward in ("anxious", "angry"):
+        idx = [i for i in idx if AROUSED_DIRECTION.get(FEATURE_NAMES[i], 0) * z[i] > 0]
     order = sorted(idx, key=lambda i: -abs(z[i]))
     cues = []
     seen_groups: set[str] = set()

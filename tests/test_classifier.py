@@ -133,3 +133,29 @@ def test_eval_json_format(tmp_path):
     conf = np.array(printed["confusion"])
     assert conf.shape == (3, 3) and conf.sum() == printed["n"] == sum(1 for r in rows if r["grade"])
     assert 0.0 <= printed["uar"] <= 1.0 and 0.0 <= printed["happy_as_angry"] <= 1.0
+
+
+def test_upset_grades_are_explained_by_cues_pointing_that_way():
+    """An angry clip, against the speaker's own calm clips: the cues offered for an angry
+    grade all moved the aroused way (louder, higher, faster, tenser...)."""
+    import csv
+
+    import soundfile as sf
+
+    from calltone.emotion.classifier import AROUSED_DIRECTION, PROSODY_MODEL, EmotionClassifier
+    from calltone.emotion.features import extract_features
+
+    from .conftest import EMOTION_SPEECH
+
+    clf = EmotionClassifier(PROSODY_MODEL)
+    rows = [r for r in csv.DictReader(open(EMOTION_SPEECH / "manifest.csv", encoding="utf-8")) if r["speaker"] == "ravdess-03"]
+    feats = lambda r: extract_features(sf.read(EMOTION_SPEECH / r["path"], dtype="float32")[0])  # noqa: E731
+    baseline = clf.new_baseline()
+    for r in [r for r in rows if r["grade"] == "calm"][:8]:
+        baseline.update(feats(r))
+    explained = 0
+    for r in [r for r in rows if r["grade"] == "angry"][:6]:
+        cues = clf.explain(feats(r), baseline, toward="angry")
+        explained += bool(cues)
+        assert all(AROUSED_DIRECTION[c["name"]] * c["z"] > 0 for c in cues), cues
+    assert explained >= 4
