@@ -9,7 +9,7 @@ typed events (``calltone.events``) to ``emit`` with call-relative times.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -64,7 +64,6 @@ class CallPipeline:
                                     partials=options.partials and role in s.asr.partial_roles, beam_size=options.beam_size,
                                     transcribe=options.transcribe, listener=emotion.score_voice if emotion else None)
             self.channels[role] = ChannelState(role, tr, emotion)
-        self.events: list[Event] = []
         self._started = False
 
     def emit(self, event: Event) -> None:
@@ -84,10 +83,12 @@ class CallPipeline:
         return max((c.samples for c in self.channels.values()), default=0) / SAMPLE_RATE
 
     async def push(self, audio: dict[str, np.ndarray]) -> None:
-        """Add 16 kHz float32 audio for some or all roles (channels are processed concurrently)."""
+        """Add 16 kHz float32 audio for some or all roles."""
         if not self._started:
             self.start()
-        await asyncio.gather(*(self._push_channel(self.channels[role], x) for role, x in audio.items() if role in self.channels))
+        for role, x in audio.items():  # no task per frame and channel: this runs for every 20 ms frame
+            if role in self.channels:
+                await self._push_channel(self.channels[role], x)
 
     async def _push_channel(self, ch: ChannelState, samples: np.ndarray) -> None:
         ch.samples += len(samples)

@@ -121,6 +121,16 @@ class EventForwarder:
         self.sub.close()
 
 
+
+def _how_it_ended(exc: Exception, s, what: str) -> tuple[ProtocolError | None, str]:
+    """Map what stopped an ingest loop to (error to send, if any; how the call ended)."""
+    if isinstance(exc, ProtocolError):
+        return exc, f"error:{exc.code}"
+    if isinstance(exc, WebSocketDisconnect):
+        return None, "shutdown" if s.registry.draining or exc.code == 1012 else "disconnected"
+    log.exception("%s failed", what, exc_info=exc)
+    return ProtocolError("internal_error", "internal error; the call was ended"), "error:internal_error"
+
 async def _finish(live: LiveCall | None, how: str) -> None:
     if live is not None and not live.finished:
         try:
@@ -201,13 +211,8 @@ async def native_audio(ws: WebSocket, call_id: str) -> None:
                     raise ProtocolError("audio_before_start", "send the start message before any audio")
                 if data:
                     await live.push(_decode(decoder, data))
-    except ProtocolError as e:
-        error, how = e, f"error:{e.code}"
-    except WebSocketDisconnect as e:
-        how = "shutdown" if s.registry.draining or e.code == 1012 else "disconnected"
-    except Exception:
-        log.exception("native ingest of %s failed", call_id)
-        error, how = ProtocolError("internal_error", "internal error; the call was ended"), "error:internal_error"
+    except Exception as exc:
+        error, how = _how_it_ended(exc, s, f"native ingest of {call_id}")
 
     if error is not None:
         if forwarder is not None:
@@ -354,13 +359,8 @@ async def twilio_stream(ws: WebSocket) -> None:
                 continue
             else:
                 raise ProtocolError("unsupported_message", f"unknown Twilio event {event!r}")
-    except ProtocolError as e:
-        error, how = e, f"error:{e.code}"
-    except WebSocketDisconnect as e:
-        how = "shutdown" if s.registry.draining or e.code == 1012 else "disconnected"
-    except Exception:
-        log.exception("twilio ingest of %s failed", call_id)
-        error, how = ProtocolError("internal_error", "internal error; the call was ended"), "error:internal_error"
+    except Exception as exc:
+        error, how = _how_it_ended(exc, s, f"twilio ingest of {call_id}")
 
     if error is not None:
         await refuse(ws, error, json_frame=False)

@@ -152,19 +152,6 @@ class WhisperEngine:
         return self._ct2.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(feats, dtype=np.float32)))
 
     # -- public API --------------------------------------------------------------------
-    def detect_language(self, audio: np.ndarray, candidates: tuple[str, ...] | None = None) -> tuple[str, float]:
-        """Most likely language of ``audio`` (optionally restricted to ``candidates``)."""
-        if not self.multilingual:
-            return "en", 1.0
-        window = 10.0 if len(audio) / SAMPLE_RATE <= 10.0 else 30.0
-        enc = self.encode(self.features(audio, window)[None])
-        ranked = self._ct2.detect_language(enc)[0]
-        for token, prob in ranked:
-            lang = token[2:-2]
-            if candidates is None or lang in candidates:
-                return lang, float(prob)
-        return ranked[0][0][2:-2], float(ranked[0][1])
-
     def decode(self, requests: list[DecodeRequest], options: DecodeOptions = DecodeOptions()) -> list[DecodeResult]:
         """Decode utterances; requests sharing a window bucket run as one batch."""
         results: list[DecodeResult | None] = [None] * len(requests)
@@ -183,14 +170,12 @@ class WhisperEngine:
 
         feats = np.stack([self.features(r.audio, window) for r in batch])
         enc = self.encode(feats)
-        enc_np = None
+        enc_np = np.asarray(enc)  # a view of the encoder output (language ids, alignment, embeddings)
         languages = []
         for k, r in enumerate(batch):
             if r.language is not None or not self.multilingual:
                 languages.append(r.language if self.multilingual else "en")
             else:
-                if enc_np is None:
-                    enc_np = np.asarray(enc)
                 ranked = self._ct2.detect_language(ctranslate2.StorageView.from_array(enc_np[k : k + 1]))[0]
                 languages.append(ranked[0][0][2:-2])
         prompts = []
@@ -239,9 +224,8 @@ class WhisperEngine:
                 align_jobs.append((k, tokens))
             out.append(res)
         if align_jobs:
-            self._align(enc, batch, languages, out, align_jobs)
+            self._align(enc_np, batch, languages, out, align_jobs)
         if any(r.embed for r in batch):
-            enc_np = np.asarray(enc) if enc_np is None else enc_np
             for k, r in enumerate(batch):
                 if r.embed:
                     out[k].embedding = self.embedding(r.audio, enc_np[k], window)
@@ -252,10 +236,9 @@ class WhisperEngine:
                     w.word = self.to_simplified(w.word)
         return out
 
-    def _align(self, enc, batch, languages, out, jobs) -> None:
+    def _align(self, enc_np: np.ndarray, batch, languages, out, jobs) -> None:
         import ctranslate2
 
-        enc_np = np.asarray(enc)
         by_lang: dict[str, list[tuple[int, list[int]]]] = {}
         for k, tokens in jobs:
             by_lang.setdefault(languages[k], []).append((k, tokens))

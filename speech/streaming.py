@@ -200,10 +200,9 @@ class ChannelTranscriber:
         audio = self.buffer.slice(start, now)
         busy = self._partial_task is not None and not self._partial_task.done()
         if not self.transcribe or busy or not self.show_partials:
-            if self.listener is not None:
+            if self.listener is not None:  # the voice is graded without waiting for a decode
                 self.listener(audio, start, now, None, False)
-            if not self.transcribe or busy or self.listener is not None:
-                return
+            return
         request = DecodeRequest(audio, self.language.current, word_timestamps=False, beam_size=1, embed=self.listener is not None)
         future = asyncio.wrap_future(self.worker.submit(self._stream_id, request, final=False))
         self._partial_task = asyncio.ensure_future(self._emit_partial(self._utterance, start, now, audio, future))
