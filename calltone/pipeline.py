@@ -83,12 +83,10 @@ class CallPipeline:
         return max((c.samples for c in self.channels.values()), default=0) / SAMPLE_RATE
 
     async def push(self, audio: dict[str, np.ndarray]) -> None:
-        """Add 16 kHz float32 audio for some or all roles."""
+        """Add 16 kHz float32 audio for some or all roles (channels are processed concurrently)."""
         if not self._started:
             self.start()
-        for role, x in audio.items():  # no task per frame and channel: this runs for every 20 ms frame
-            if role in self.channels:
-                await self._push_channel(self.channels[role], x)
+        await asyncio.gather(*(self._push_channel(self.channels[role], x) for role, x in audio.items() if role in self.channels))
 
     async def _push_channel(self, ch: ChannelState, samples: np.ndarray) -> None:
         ch.samples += len(samples)
