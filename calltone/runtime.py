@@ -20,7 +20,7 @@ class Runtime:
     emotion: "EmotionModels"
 
     @classmethod
-    def create(cls, settings: Settings | None = None) -> "Runtime":
+    def create(cls, settings: Settings | None = None, cpu_workers: int | None = None) -> "Runtime":
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from calltone.emotion.channel import EmotionModels
         from calltone.models.whisper import resolve_model
@@ -34,7 +34,7 @@ class Runtime:
         engine = WhisperEngine(model_dir, multilingual, a.compute_type, a.cpu_threads)
         options = DecodeOptions(word_timestamps=a.word_timestamps, window_buckets_s=_buckets(a.window_s))
         worker = AsrWorker(engine, options, max_batch=a.max_batch, partial_lag_drop_s=a.partial_lag_drop_s)
-        cpu = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1), thread_name_prefix="calltone-cpu")
+        cpu = ThreadPoolExecutor(max_workers=cpu_workers or max(1, os.cpu_count() or 1), thread_name_prefix="calltone-cpu")
         return cls(settings, worker, cpu, SileroVad(), EmotionModels.load(settings.emotion))
 
     def close(self) -> None:

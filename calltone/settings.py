@@ -61,6 +61,8 @@ class PrivacySettings(BaseModel):
 class ServerSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
+    recordings_dir: Path | None = Field(None, description="POST /v1/jobs may name server-side recordings under this folder (off when unset)")
+    max_upload_mb: int = Field(500, description="largest recording accepted by POST /v1/jobs, per file")
     data_dir: Path | None = Field(None, description="SQLite database and kept audio; default <cache_dir>/data")
     tokens: dict[str, str] = Field(default_factory=dict, description="bearer token -> role[:agent_id], e.g. {'s3cr3t': 'agent:a42'}")
     max_frame_bytes: int = Field(64_000, description="largest binary audio frame accepted")

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import shutil
 import time
+import uuid
+from pathlib import Path
 from datetime import datetime
 from typing import Callable, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from fastapi.responses import PlainTextResponse
-from pydantic import BaseModel, Field
+from fastapi.responses import FileResponse, PlainTextResponse
+from pydantic import BaseModel, Field, ValidationError
+from starlette.datastructures import UploadFile as StarletteUploadFile
 
-from calltone.server.auth import Principal
+from calltone.batch.scorer import ScoreOptions, find_recordings
+from calltone.server.auth import REPORT_COOKIE, Principal
 from calltone.server.bus import Message
 from calltone.server.calls import Services
+from calltone.server.jobs import Job, JobRunner
 from calltone.server.protocol import AckRequest, AlertFields, AlertMessage
-from calltone.server.summary import compute_summary, timeline
+from calltone.summary import compute_summary, timeline
 
 router = APIRouter()
 
@@ -27,10 +34,10 @@ def _services(request: Request) -> Services:
     return request.app.state.services
 
 
-def principal(permission: str) -> Callable[[Request], Principal]:
+def principal(permission: str, cookie: bool = False) -> Callable[[Request], Principal]:
     def dep(request: Request) -> Principal:
         auth = request.app.state.auth
-        p = auth.lookup(auth.token_from(request.headers, request.query_params))
+        p = auth.lookup(auth.token_from(request.headers, request.query_params, request.cookies if cookie else None))
         if p is None:
             raise HTTPException(401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
         if not p.can(permission):
@@ -44,7 +51,7 @@ def principal(permission: str) -> Callable[[Request], Principal]:
 
 
 class CallInfo(BaseModel):
-    call_id: str
+    call_id: str = Field(description="live calls: the producer's id; scored recordings: '<file>-<job>' (metadata.source 'batch')")
     status: Literal["live", "ended", "interrupted"]
     agent_id: str | None = None
     language: str | None = None
@@ -219,3 +226,103 @@ async def readyz(request: Request):
 @router.get("/metrics", response_class=PlainTextResponse, tags=["operations"], summary="Prometheus metrics")
 async def metrics(request: Request, who: Principal = Depends(principal("metrics"))) -> PlainTextResponse:
     return PlainTextResponse(_services(request).metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+# --------------------------------------------------------------------------- QA scoring jobs
+
+
+class JobRequest(ScoreOptions):
+    paths: list[str] = Field(description="recordings or folders under server.recordings_dir")
+
+
+def _jobs(request: Request) -> JobRunner:
+    return _services(request).jobs
+
+
+def _options_from_form(form) -> ScoreOptions:
+    fields = {k: form.get(k) for k in ("customer_channel", "mono", "language", "transcript") if form.get(k) not in (None, "")}
+    for k in ("mono", "transcript"):
+        if k in fields:
+            fields[k] = str(fields[k]).lower() in ("1", "true", "yes", "on")
+    try:
+        return ScoreOptions.model_validate(fields)
+    except ValidationError as exc:
+        raise HTTPException(422, f"bad scoring options: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from None
+
+
+@router.post("/v1/jobs", response_model=Job, status_code=202, tags=["jobs"],
+             summary="Score recordings (multipart upload in 'files', or JSON {paths, options}) in the background")
+async def create_job(request: Request, who: Principal = Depends(principal("score"))) -> Job:
+    jobs = _jobs(request)
+    settings = _services(request).settings
+    ctype = request.headers.get("content-type", "")
+    job_id = uuid.uuid4().hex[:12]
+    if ctype.startswith("multipart/form-data"):
+        limit = settings.server.max_upload_mb * 1024 * 1024
+        form = await request.form()
+        uploads = [u for u in form.getlist("files") if isinstance(u, StarletteUploadFile)]
+        if not uploads:
+            raise HTTPException(422, "no recordings: send them as multipart 'files'")
+        options = _options_from_form(form)
+        folder = jobs.dir(job_id) / "input"
+        folder.mkdir(parents=True, exist_ok=True)
+        files = []
+        for k, u in enumerate(uploads):
+            name = Path(u.filename or f"upload-{k}").name or f"upload-{k}"
+            target = folder / name
+            if target.exists():
+                target = folder / f"{k}-{name}"
+            size = 0
+            with open(target, "wb") as f:
+                while chunk := await u.read(1 << 20):
+                    size += len(chunk)
+                    if size > limit:
+                        shutil.rmtree(folder, ignore_errors=True)
+                        raise HTTPException(413, f"{name}: larger than server.max_upload_mb ({settings.server.max_upload_mb} MB)")
+                    await asyncio.to_thread(f.write, chunk)
+            files.append(target)
+        return jobs.submit(files, options, uploaded=True, job_id=job_id)
+    if ctype.startswith("application/json"):
+        try:
+            body = JobRequest.model_validate(await request.json())
+        except (ValidationError, ValueError) as exc:
+            raise HTTPException(422, f"bad job request: {exc}") from None
+        root = settings.server.recordings_dir
+        if root is None:
+            raise HTTPException(403, "server-side paths are disabled (set server.recordings_dir); upload the files instead")
+        root = Path(root).resolve()
+        resolved = [(root / p).resolve() for p in body.paths]
+        outside = [p for p, r in zip(body.paths, resolved) if not r.is_relative_to(root)]
+        if outside:
+            raise HTTPException(403, f"paths outside server.recordings_dir: {outside}")
+        files, missing = find_recordings(resolved)
+        if missing or not files:
+            raise HTTPException(422, f"no recordings found: {[m for m, _ in missing] or body.paths}")
+        return jobs.submit(files, ScoreOptions.model_validate(body.model_dump(exclude={"paths"})), uploaded=False, job_id=job_id)
+    raise HTTPException(415, "send multipart/form-data (files) or application/json ({paths})")
+
+
+@router.get("/v1/jobs", response_model=list[Job], tags=["jobs"], summary="Scoring jobs, newest first")
+async def list_jobs(request: Request, who: Principal = Depends(principal("score"))) -> list[Job]:
+    return sorted(_jobs(request).jobs.values(), key=lambda j: -j.created_at)
+
+
+@router.get("/v1/jobs/{job_id}", response_model=Job, tags=["jobs"], summary="A job's progress, results and errors")
+async def get_job(job_id: str, request: Request, who: Principal = Depends(principal("score"))) -> Job:
+    job = _jobs(request).jobs.get(job_id)
+    if job is None:
+        raise HTTPException(404, f"no job {job_id}")
+    return job
+
+
+@router.get("/v1/jobs/{job_id}/reports/{path:path}", tags=["jobs"], summary="A job's report files (index.html, <call>.html/.json, summary.csv)")
+async def job_report(job_id: str, path: str, request: Request, who: Principal = Depends(principal("score", cookie=True))):
+    root = (_jobs(request).dir(job_id) / "reports").resolve()
+    target = (root / path).resolve()
+    if not target.is_relative_to(root) or not target.is_file():
+        raise HTTPException(404, f"no report file {path!r} in job {job_id}")
+    response = FileResponse(target)
+    token = request.query_params.get("token")
+    if token:  # the report pages link to each other and to assets/ by relative URLs
+        response.set_cookie(REPORT_COOKIE, token, httponly=True, samesite="strict", path=f"/v1/jobs/{job_id}/reports")
+    return response

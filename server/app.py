@@ -57,7 +57,7 @@ def create_app(settings: "Settings", runtime: "Runtime | None" = None, *, limits
         store = AsyncStore.sqlite(ddir / "calltone.db")
         metrics = Metrics()
         s = Services(settings, store, Bus(settings.server.subscriber_queue), metrics, runtime=runtime,
-                     audio_dir=ddir / "audio")
+                     audio_dir=ddir / "audio", jobs_dir=ddir / "jobs")
         s.webhooks = WebhookSender(settings.server.webhooks, settings.server.webhook_secret, store, metrics,
                                    base_delay_s=webhook_base_delay_s)
         _attach_gauges(s)
@@ -84,6 +84,7 @@ def create_app(settings: "Settings", runtime: "Runtime | None" = None, *, limits
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await s.registry.finish_all("shutdown")
+            await s.jobs.close()
             await s.webhooks.close()
             await asyncio.to_thread(store.close)
             if owns_runtime and s.runtime is not None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 ROLES = ("ingest", "agent", "supervisor", "qa", "admin")
+REPORT_COOKIE = "calltone_reports"  # set on /v1/jobs/*/reports/ so that report pages' relative links carry the token
 
 # permission -> roles that hold it
 PERMISSIONS: dict[str, frozenset[str]] = {
@@ -26,6 +27,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "list_alerts": frozenset({"supervisor", "qa", "admin"}),
     "ack": frozenset({"supervisor", "admin"}),
     "metrics": frozenset({"admin", "supervisor"}),
+    "score": frozenset({"qa", "admin"}),                                # batch scoring jobs and their reports
 }
 
 
@@ -116,12 +118,13 @@ class Authenticator:
         return found
 
     @staticmethod
-    def token_from(headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:
+    def token_from(headers: Mapping[str, str], query: Mapping[str, str],
+                   cookies: Mapping[str, str] | None = None) -> str | None:
         auth = headers.get("authorization") or ""
         scheme, _, value = auth.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
-        return query.get("token") or None
+        return query.get("token") or (cookies or {}).get(REPORT_COOKIE) or None
 
     def roles(self) -> Iterable[Principal]:
         return self._tokens.values()

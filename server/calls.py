@@ -29,13 +29,14 @@ import numpy as np
 from calltone.pipeline import CallPipeline, PipelineOptions
 from calltone.server.bus import Bus, Message
 from calltone.server.metrics import Metrics
-from calltone.server.pii import mask_text, mask_words
+from calltone.pii import mask_text, mask_words
 from calltone.server.protocol import AlertMessage, ProtocolError
 from calltone.server.store import AsyncStore
-from calltone.server.summary import compute_summary
+from calltone.summary import compute_summary
 
 if TYPE_CHECKING:
     from calltone.runtime import Runtime
+    from calltone.server.jobs import JobRunner
     from calltone.server.webhooks import WebhookSender
     from calltone.settings import Settings
 
@@ -79,10 +80,15 @@ class Services:
     runtime: "Runtime | None" = None
     webhooks: "WebhookSender | None" = None
     audio_dir: Path | None = None
+    jobs_dir: Path | None = None
     registry: "CallRegistry" = field(init=False)
+    jobs: "JobRunner" = field(init=False)
 
     def __post_init__(self) -> None:
+        from calltone.server.jobs import JobRunner
+
         self.registry = CallRegistry(self)
+        self.jobs = JobRunner(self, self.jobs_dir or Path("jobs"))
 
     @property
     def ready(self) -> bool:

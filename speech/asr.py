@@ -53,6 +53,9 @@ class DecodeRequest:
     beam_size: int = 1
     previous_text: str = ""  # the channel's last final, to condition on (context across utterances)
     embed: bool = False  # also return the pooled encoder output (the emotion classifier's voice embedding)
+    embed_frames: bool = False  # and the encoder rows themselves (for embeddings of parts of the utterance)
+    language_group: str | None = None  # requests of one group (a call) in one batch share one language detection
+    packable: bool = False  # may share one decode with the channel's neighbouring utterances (speech/packing.py)
 
 
 @dataclass
@@ -66,6 +69,26 @@ class DecodeResult:
     dropped: str | None = None  # why the text was discarded (no speech, garbled), else None
     window_s: float = 0.0
     embedding: np.ndarray | None = None  # mean-pooled encoder output over the speech frames
+    embedding_frames: np.ndarray | None = None  # the encoder rows pooled into ``embedding`` (20 ms each)
+    embedding_offset_s: float = 0.0  # where those rows start in the utterance
+
+    def embedding_between(self, start_s: float, end_s: float) -> np.ndarray | None:
+        """The embedding of the utterance's first ``end_s`` seconds (as a partial decode at that
+        point would pool it: its last 10 s), cut from this decode's encoder rows; None when the
+        rows do not cover that span.  Batch scoring uses it instead of decoding partials."""
+        if self.embedding_frames is None:
+            return None
+        lo = max(start_s, end_s - EMBED_WINDOW_S) - self.embedding_offset_s
+        hi = end_s - self.embedding_offset_s
+        if lo < -0.05 or hi <= lo:
+            return None
+        a, b = max(0, int(lo / 0.02)), min(len(self.embedding_frames), int(np.ceil(hi / 0.02)))
+        return pool_frames(self.embedding_frames[a:b]) if b > a else None
+
+
+def pool_frames(frames: np.ndarray) -> np.ndarray:
+    """The voice embedding: mean and standard deviation of encoder rows."""
+    return np.concatenate([frames.mean(0), frames.std(0)]).astype(np.float32)
 
 
 def compression_ratio(text: str) -> float:
@@ -137,14 +160,18 @@ class WhisperEngine:
     def embedding(self, audio: np.ndarray, enc_row: np.ndarray | None = None, window_s: float = EMBED_WINDOW_S) -> np.ndarray:
         """Utterance embedding: mean and std of the encoder output over the frames that
         cover the speech, with the utterance padded to a 10 s window (as in training:
-        ``models/training/embedding.py``).  Reuses the decode's encoder output when the
-        decode ran in a 10 s window; otherwise spends one 10 s encoder pass on the last 10 s."""
+        ``models/training/embedding.py``)."""
+        return pool_frames(self.embedding_rows(audio, enc_row, window_s))
+
+    def embedding_rows(self, audio: np.ndarray, enc_row: np.ndarray | None = None, window_s: float = EMBED_WINDOW_S) -> np.ndarray:
+        """The encoder rows (20 ms each) that :meth:`embedding` pools.  Reuses the decode's
+        encoder output when the decode ran in a 10 s window; otherwise spends one 10 s
+        encoder pass on the last 10 s of the utterance."""
         if enc_row is None or window_s != EMBED_WINDOW_S:
             audio = audio[-int(EMBED_WINDOW_S * SAMPLE_RATE) :]
             enc_row = np.asarray(self.encode(self.features(audio, EMBED_WINDOW_S)[None]))[0]
         n = max(1, min(enc_row.shape[0], int(np.ceil(min(len(audio) / SAMPLE_RATE, EMBED_WINDOW_S) / 0.02))))
-        e = enc_row[:n]
-        return np.concatenate([e.mean(0), e.std(0)]).astype(np.float32)
+        return enc_row[:n]
 
     def encode(self, feats: np.ndarray):
         import ctranslate2
@@ -171,13 +198,19 @@ class WhisperEngine:
         feats = np.stack([self.features(r.audio, window) for r in batch])
         enc = self.encode(feats)
         enc_np = np.asarray(enc)  # a view of the encoder output (language ids, alignment, embeddings)
-        languages = []
-        for k, r in enumerate(batch):
-            if r.language is not None or not self.multilingual:
-                languages.append(r.language if self.multilingual else "en")
-            else:
-                ranked = self._ct2.detect_language(ctranslate2.StorageView.from_array(enc_np[k : k + 1]))[0]
-                languages.append(ranked[0][0][2:-2])
+        languages = [r.language if self.multilingual else "en" for r in batch]
+        unknown = [k for k, lang in enumerate(languages) if lang is None]
+        if unknown:  # one detection pass; requests of one language_group share the longest one's answer
+            leader: dict[object, int] = {}
+            for k in unknown:
+                key = batch[k].language_group or ("request", k)
+                if key not in leader or len(batch[k].audio) > len(batch[leader[key]].audio):
+                    leader[key] = k
+            ks = list(leader.values())
+            ranked = self._ct2.detect_language(ctranslate2.StorageView.from_array(np.ascontiguousarray(enc_np[ks])))
+            found = {key: r[0][0][2:-2] for key, r in zip(leader, ranked)}
+            for k in unknown:
+                languages[k] = found[batch[k].language_group or ("request", k)]
         prompts = []
         max_len = 0
         # previous-text context, cut to one length: CTranslate2 needs <|startoftranscript|> at the same position
@@ -228,7 +261,11 @@ class WhisperEngine:
         if any(r.embed for r in batch):
             for k, r in enumerate(batch):
                 if r.embed:
-                    out[k].embedding = self.embedding(r.audio, enc_np[k], window)
+                    rows = self.embedding_rows(r.audio, enc_np[k], window)
+                    out[k].embedding = pool_frames(rows)
+                    if r.embed_frames:
+                        out[k].embedding_frames = np.array(rows, dtype=np.float32)
+                        out[k].embedding_offset_s = max(0.0, len(r.audio) / SAMPLE_RATE - EMBED_WINDOW_S)
         for res in out:
             if res.language == "zh" and res.text:
                 res.text = self.to_simplified(res.text)

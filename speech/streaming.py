@@ -7,6 +7,13 @@ timings.  While someone is speaking, the audio of the utterance so far is decode
 every ``partial_interval_s`` as a *partial* hypothesis, which is shown in place and
 replaced by the final.  Partials are best effort (the ASR worker may coalesce or
 skip them under load); finals are never dropped and come out in order.
+
+Recordings (``batch=True``) decode no partials: the once-a-second views of the
+utterance so far still reach the listener, at the same call times, but only once
+the utterance's final decode is back, with embeddings cut from its encoder output
+(``DecodeResult.embedding_between``).  Their decodes run at background priority and
+are not conditioned on the previous utterance's text (which, with every utterance
+queued at once, would depend on timing): a recording scores the same every time.
 """
 
 from __future__ import annotations
@@ -103,12 +110,14 @@ class ChannelTranscriber:
     def __init__(self, call_id: str, channel: str, worker: AsrWorker, cpu: Executor, vad: StreamingVad,
                  language: CallLanguage, settings: AsrSettings, emit: Callable[[Event], None],
                  partials: bool = True, beam_size: int | None = None, transcribe: bool = True,
-                 listener: SpeechListener | None = None) -> None:
+                 listener: SpeechListener | None = None, batch: bool = False) -> None:
         self.call_id, self.channel = call_id, channel
         self.worker, self.cpu, self.vad = worker, cpu, vad
         self.language, self.s, self.emit = language, settings, emit
-        self.show_partials = partials
-        self.partials = partials or listener is not None
+        self.batch = batch
+        self.show_partials = partials and not batch
+        self.partials = self.show_partials or listener is not None
+        self.word_timestamps = settings.word_timestamps and not batch
         self.transcribe = transcribe
         self.listener = listener
         self.beam_size = beam_size or settings.live_beam_size
@@ -120,6 +129,7 @@ class ChannelTranscriber:
         self._final_chain: asyncio.Task | None = None
         self._stream_id = f"{call_id}/{channel}"
         self._previous_text = ""
+        self._views: list[tuple[float, float, np.ndarray]] = []  # batch: the utterance-so-far views awaiting its decode
 
     async def push(self, samples: np.ndarray) -> list[SpeechSegment]:
         """Add 16 kHz audio; schedule decodes; return the speech segments that ended."""
@@ -157,17 +167,23 @@ class ChannelTranscriber:
         self._utterance += 1
         audio = self.buffer.slice(seg.start, seg.end)
         self.buffer.trim_before(seg.end - 1.0)
+        views, self._views = self._views, []
         if not self.transcribe:
             if self.listener is not None:
+                for start, end, view in views:
+                    self.listener(view, start, end, None, False)
                 self.listener(audio, seg.start, seg.end, None, True)
             return
-        request = DecodeRequest(audio, self.language.current, word_timestamps=self.s.word_timestamps, beam_size=self.beam_size,
-                                previous_text=self._previous_text, embed=self.listener is not None)
-        future = asyncio.wrap_future(self.worker.submit(self._stream_id, request, final=True))
+        request = DecodeRequest(audio, self.language.current, word_timestamps=self.word_timestamps, beam_size=self.beam_size,
+                                previous_text="" if self.batch else self._previous_text, embed=self.listener is not None,
+                                embed_frames=self.listener is not None and bool(views),
+                                packable=self.batch and self.listener is None, language_group=self.call_id)
+        future = asyncio.wrap_future(self.worker.submit(self._stream_id, request, final=True, background=self.batch))
         previous = self._final_chain
-        self._final_chain = asyncio.ensure_future(self._emit_final(seg, audio, future, previous))
+        self._final_chain = asyncio.ensure_future(self._emit_final(seg, audio, future, previous, views))
 
-    async def _emit_final(self, seg: SpeechSegment, audio: np.ndarray, future, previous: asyncio.Task | None) -> None:
+    async def _emit_final(self, seg: SpeechSegment, audio: np.ndarray, future, previous: asyncio.Task | None,
+                          views: list[tuple[float, float, np.ndarray]]) -> None:
         result: DecodeResult = await future
         if previous is not None:
             await previous  # keep finals in order
@@ -175,6 +191,9 @@ class ChannelTranscriber:
         if result.text:
             self._emit_final_text(seg, result)
         if self.listener is not None:
+            for start, end, view in views:  # batch: the views a live call would have graded during the utterance
+                self.listener(view, start, end, result.embedding_between(start - seg.start, end - seg.start), False)
+            result.embedding_frames = None
             self.listener(audio, seg.start, seg.end, result.embedding, True)
 
     def _emit_final_text(self, seg: SpeechSegment, result: DecodeResult) -> None:
@@ -198,6 +217,9 @@ class ChannelTranscriber:
             return
         self._last_partial_t = now
         audio = self.buffer.slice(start, now)
+        if self.batch:
+            self._views.append((start, now, audio))
+            return
         busy = self._partial_task is not None and not self._partial_task.done()
         if not self.transcribe or busy or not self.show_partials:
             if self.listener is not None:  # the voice is graded without waiting for a decode

@@ -8,6 +8,11 @@ a defined way:
 * a newer partial for a stream replaces the one still queued (coalescing);
 * partials that waited longer than ``partial_lag_drop_s`` are skipped;
 * finals are never dropped, only delayed; ``lag_s`` reports how far behind we are.
+
+Recordings scored in the background (batch scoring, QA jobs in the server) submit
+with ``background=True``: their decodes only fill the room live work leaves in a
+batch, and a channel's short utterances share one decode where they may
+(``speech/packing.py``).
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from calltone.speech.asr import DecodeOptions, DecodeRequest, DecodeResult, WhisperEngine
+from calltone.speech.asr import SAMPLE_RATE, DecodeOptions, DecodeRequest, DecodeResult, WhisperEngine
+from calltone.speech.packing import GAP_S, Pack, can_pack, pack, unpack
 
 
 @dataclass
@@ -27,6 +33,7 @@ class _Job:
     request: DecodeRequest
     final: bool
     submitted: float
+    background: bool = False
     future: Future = field(default_factory=Future)
 
 
@@ -41,6 +48,8 @@ class WorkerStats:
     audio_s: float = 0.0
     queued_finals: int = 0
     queued_partials: int = 0
+    queued_background: int = 0
+    decoded_background: int = 0
     lag_s: float = 0.0  # age of the oldest waiting job
 
 
@@ -48,13 +57,15 @@ class AsrWorker:
     """Thread-confined owner of a :class:`WhisperEngine`; submit() is thread-safe."""
 
     def __init__(self, engine: WhisperEngine, options: DecodeOptions = DecodeOptions(), max_batch: int = 8,
-                 partial_lag_drop_s: float = 1.5) -> None:
+                 partial_lag_drop_s: float = 1.5, pack_speech_s: float = 15.0) -> None:
         self.engine = engine
         self.options = options
         self.max_batch = max_batch
         self.partial_lag_drop_s = partial_lag_drop_s
+        self.pack_speech_s = pack_speech_s
         self._finals: list[_Job] = []
         self._partials: dict[str, _Job] = {}
+        self._background: list[_Job] = []
         self._cv = threading.Condition()
         self._closed = False
         self.stats = WorkerStats()
@@ -62,13 +73,16 @@ class AsrWorker:
         self._thread.start()
 
     # -- submission ----------------------------------------------------------------------
-    def submit(self, stream_id: str, request: DecodeRequest, final: bool) -> Future:
-        """Queue a decode; the future resolves to a DecodeResult, or None for a skipped partial."""
-        job = _Job(stream_id, request, final, time.monotonic())
+    def submit(self, stream_id: str, request: DecodeRequest, final: bool, background: bool = False) -> Future:
+        """Queue a decode; the future resolves to a DecodeResult, or None for a skipped partial.
+        ``background`` decodes (always kept, like finals) only run where live work leaves room."""
+        job = _Job(stream_id, request, final or background, time.monotonic(), background)
         with self._cv:
             if self._closed:
                 raise RuntimeError("ASR worker is closed")
-            if final:
+            if background:
+                self._background.append(job)
+            elif final:
                 self._finals.append(job)
             else:
                 old = self._partials.pop(stream_id, None)
@@ -98,6 +112,7 @@ class AsrWorker:
         with self._cv:
             s = WorkerStats(**vars(self.stats))
             s.queued_finals, s.queued_partials = len(self._finals), len(self._partials)
+            s.queued_background = len(self._background)
             s.lag_s = self._lag_locked(time.monotonic())
             return s
 
@@ -121,14 +136,30 @@ class AsrWorker:
                 self.stats.dropped_partials += 1
                 continue
             batch.append(job)
+        room = self.max_batch - len(batch)
+        taken = 0
+        packing: dict[str, float] = {}  # stream -> seconds in its open pack
+        for job in self._background:
+            d = len(job.request.audio) / SAMPLE_RATE
+            if can_pack(job.request) and job.stream_id in packing and packing[job.stream_id] + GAP_S + d <= self.pack_speech_s:
+                packing[job.stream_id] += GAP_S + d  # shares a decode already counted
+            elif room > 0:
+                room -= 1
+                if can_pack(job.request):
+                    packing[job.stream_id] = d
+            else:
+                break
+            taken += 1
+        batch.extend(self._background[:taken])
+        del self._background[:taken]
         return batch
 
     def _run(self) -> None:
         while True:
             with self._cv:
-                while not self._closed and not self._finals and not self._partials:
+                while not self._closed and not self._finals and not self._partials and not self._background:
                     self._cv.wait()
-                if self._closed and not self._finals:
+                if self._closed and not self._finals and not self._background:
                     for job in self._partials.values():
                         _resolve(job.future, None)
                     self._partials.clear()
@@ -138,7 +169,7 @@ class AsrWorker:
                 continue
             t0 = time.perf_counter()
             try:
-                results = self.engine.decode([j.request for j in batch], self.options)
+                results = self._decode(batch)
             except Exception as exc:  # a broken request must not kill the worker
                 for j in batch:
                     if not j.future.cancelled():
@@ -150,12 +181,43 @@ class AsrWorker:
                 self.stats.busy_s += elapsed
                 self.stats.audio_s += float(sum(len(j.request.audio) for j in batch)) / 16000
                 for j in batch:
-                    if j.final:
+                    if j.background:
+                        self.stats.decoded_background += 1
+                    elif j.final:
                         self.stats.decoded_finals += 1
                     else:
                         self.stats.decoded_partials += 1
             for j, r in zip(batch, results):
                 _resolve(j.future, r)
+
+
+    def _decode(self, batch: list[_Job]) -> list[DecodeResult]:
+        """Decode a batch; packable utterances of one stream share a decode (speech/packing.py)."""
+        requests: list[DecodeRequest] = []
+        plan: list[tuple[list[int], Pack | None]] = []
+        by_stream: dict[str, list[int]] = {}
+        for i, job in enumerate(batch):
+            if can_pack(job.request):
+                by_stream.setdefault(job.stream_id, []).append(i)
+            else:
+                plan.append(([i], None))
+                requests.append(job.request)
+        for idx in by_stream.values():
+            k = 0
+            for p in pack([batch[i].request for i in idx], self.pack_speech_s):
+                n = len(p.offsets)
+                plan.append((idx[k : k + n], p))
+                requests.append(p.request)
+                k += n
+        results = self.engine.decode(requests, self.options)
+        out: list[DecodeResult] = [None] * len(batch)  # type: ignore[list-item]
+        for (idx, p), res in zip(plan, results):
+            if p is None:
+                out[idx[0]] = res
+            else:
+                for i, r in zip(idx, unpack(p, res, [batch[i].request.word_timestamps for i in idx])):
+                    out[i] = r
+        return out
 
 
 def _resolve(future: Future, value) -> None:

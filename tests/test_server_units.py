@@ -14,9 +14,9 @@ from calltone.server.bus import Bus, Message, SubscriberTooSlow
 from calltone.server.g711 import alaw_encode, ulaw_encode
 from calltone.server.ingest import TrackAligner
 from calltone.server.metrics import Metrics
-from calltone.server.pii import cn_id_ok, luhn_ok, mask_text, mask_words
+from calltone.pii import cn_id_ok, luhn_ok, mask_text, mask_words
 from calltone.server.store import AsyncStore
-from calltone.server.summary import compute_summary
+from calltone.summary import compute_summary
 from calltone.server.webhooks import sign, verify
 from calltone.speech.audio import ALAW_TO_INT16, ULAW_TO_INT16
 

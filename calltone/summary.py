@@ -100,3 +100,32 @@ def timeline(events: list[dict]) -> dict:
     emotion = [{"seq": e.get("seq"), "t": e["t"], "channel": e["channel"], "grade": e["grade"], "index": e.get("index"),
                 "probs": e.get("probs")} for e in events if e.get("type") == "emotion.update"]
     return {"transcript": transcript, "emotion": emotion}
+
+
+def conversation_metrics(speech: dict[str, list[tuple[float, float]]], duration_s: float,
+                         interruption_min_s: float = 0.5) -> dict:
+    """Who talked when, from each speaker's speech intervals (seconds).
+
+    * ``silence_s`` / ``longest_silence_s``: nobody speaking (leading and trailing silence included);
+    * ``overtalk_s``: both speaking at once;
+    * ``interruptions`` {role: n}: times that role started speaking while the other had
+      been speaking for at least ``interruption_min_s`` and went on for at least as long after.
+    """
+    merged = {ch: _union(iv) for ch, iv in speech.items()}
+    anyone = _union([iv for ivs in merged.values() for iv in ivs])
+    gaps = [b - a for a, b in zip([0.0] + [e for _, e in anyone], [s for s, _ in anyone] + [duration_s])]
+    roles = list(merged)
+    overtalk = _intersection(merged[roles[0]], merged[roles[1]]) if len(roles) == 2 else 0.0
+    interruptions = {r: 0 for r in roles}
+    if len(roles) == 2:
+        for who, other in ((roles[0], roles[1]), (roles[1], roles[0])):
+            for s, _ in merged[who]:
+                if any(os_ + interruption_min_s <= s <= oe - interruption_min_s for os_, oe in merged[other]):
+                    interruptions[who] += 1
+    return {
+        "talk_s": {ch: round(_total(iv), 3) for ch, iv in merged.items()},
+        "silence_s": round(max(0.0, duration_s - _total(anyone)), 3),
+        "longest_silence_s": round(max([g for g in gaps if g > 0], default=0.0), 3),
+        "overtalk_s": round(overtalk, 3),
+        "interruptions": interruptions,
+    }

@@ -1,0 +1,1 @@
+"""Batch scoring of recorded calls (QA): the live pipeline fed from files, reports out."""
