@@ -10,8 +10,9 @@ English, half Mandarin; ``--calls`` of each), then:
    CPU second (all processes);
 2. breaks the CPU down by stage (decode file, VAD, ASR, emotion, report) from one
    in-process pass over the same calls with one ASR thread, as one worker runs;
-3. measures what packing the agent's short utterances into shared decodes trades:
-   speed and the agent channel's WER (English) / CER (Mandarin) against the scripts.
+3. measures what packing the agent's short utterances into shared decodes (opt-in,
+   ``asr.batch_pack_s``) trades: speed and WER (English) / CER (Mandarin) per channel
+   against the calls' scripts.
 
 Prints a Markdown section for docs/benchmarks.md.
 """
@@ -29,6 +30,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")  # as calltone score's workers (calltone/batch/scorer.py); before numpy loads
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -148,8 +152,8 @@ def main() -> None:
     print(f"{len(files)} calls, {audio_s / 60:.1f} min of stereo 8 kHz audio", file=sys.stderr)
     e2e = end_to_end(folder, args.workers, audio_s)
     print(f"end to end: {e2e}", file=sys.stderr)
-    packed = stages(files)
-    print(f"stages (packing on): {packed['cpu']}", file=sys.stderr)
+    plain = stages(files)
+    print(f"stages: {plain['cpu']}", file=sys.stderr)
     lines = [
         f"### Batch scoring (`calltone score`)",
         "",
@@ -166,28 +170,28 @@ def main() -> None:
         f"| audio seconds per CPU second (all processes) | {e2e['per_cpu']:.1f} |",
         "",
         f"CPU by stage, one in-process pass over the same calls (1 ASR thread, as in one worker): "
-        f"{packed['process_cpu_s']:.1f} CPU s in {packed['wall_s']:.1f} s wall",
+        f"{plain['process_cpu_s']:.1f} CPU s in {plain['wall_s']:.1f} s wall",
         "",
         "| stage | CPU s | share | ms per audio s |",
         "|---|---|---|---|",
     ]
-    total = sum(packed["cpu"].values())
-    for stage, s in sorted(packed["cpu"].items(), key=lambda kv: -kv[1]):
+    total = sum(plain["cpu"].values())
+    for stage, s in sorted(plain["cpu"].items(), key=lambda kv: -kv[1]):
         lines.append(f"| {stage} | {s:.1f} | {100 * s / total:.0f} % | {1000 * s / audio_s:.1f} |")
     if not args.skip_packing:
-        plain = stages(files, pack_speech_s=0.0)
-        er_p, er_u = error_rates(files, packed["transcripts"]), error_rates(files, plain["transcripts"])
+        packed = stages(files, pack_speech_s=5.0)
+        er_u, er_p = error_rates(files, plain["transcripts"]), error_rates(files, packed["transcripts"])
         lines += [
             "",
-            "Packing the agent's utterances into shared decodes (speech/packing.py) against one decode per utterance, "
-            "same calls, one in-process pass each (1 ASR thread):",
+            "Packing the agent's utterances into shared decodes (opt-in `asr.batch_pack_s=5`, speech/packing.py) "
+            "against one decode per utterance (default), same calls, one in-process pass each (1 ASR thread):",
             "",
-            "| | ASR CPU s | wall s | " + " | ".join(er_p) + " |",
-            "|---|---|---|" + "---|" * len(er_p),
-            f"| packed (default) | {packed['cpu']['ASR (Whisper, 1 thread)']:.1f} | {packed['wall_s']:.1f} | "
-            + " | ".join(f"{v:.3f}" for v in er_p.values()) + " |",
-            f"| one decode per utterance | {plain['cpu']['ASR (Whisper, 1 thread)']:.1f} | {plain['wall_s']:.1f} | "
-            + " | ".join(f"{er_u.get(k, float('nan')):.3f}" for k in er_p) + " |",
+            "| | ASR CPU s | wall s | " + " | ".join(er_u) + " |",
+            "|---|---|---|" + "---|" * len(er_u),
+            f"| one decode per utterance (default) | {plain['cpu']['ASR (Whisper, 1 thread)']:.1f} | {plain['wall_s']:.1f} | "
+            + " | ".join(f"{v:.3f}" for v in er_u.values()) + " |",
+            f"| packed, 5 s | {packed['cpu']['ASR (Whisper, 1 thread)']:.1f} | {packed['wall_s']:.1f} | "
+            + " | ".join(f"{er_p.get(k, float('nan')):.3f}" for k in er_u) + " |",
         ]
     print("\n".join(lines))
 

@@ -33,7 +33,8 @@ class Runtime:
         model_dir, multilingual = resolve_model(a.model, settings.cache_dir)
         engine = WhisperEngine(model_dir, multilingual, a.compute_type, a.cpu_threads)
         options = DecodeOptions(word_timestamps=a.word_timestamps, window_buckets_s=_buckets(a.window_s))
-        worker = AsrWorker(engine, options, max_batch=a.max_batch, partial_lag_drop_s=a.partial_lag_drop_s)
+        worker = AsrWorker(engine, options, max_batch=a.max_batch, partial_lag_drop_s=a.partial_lag_drop_s,
+                           pack_speech_s=a.batch_pack_s)
         cpu = ThreadPoolExecutor(max_workers=cpu_workers or max(1, os.cpu_count() or 1), thread_name_prefix="calltone-cpu")
         return cls(settings, worker, cpu, SileroVad(), EmotionModels.load(settings.emotion))
 

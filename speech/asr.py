@@ -54,6 +54,7 @@ class DecodeRequest:
     previous_text: str = ""  # the channel's last final, to condition on (context across utterances)
     embed: bool = False  # also return the pooled encoder output (the emotion classifier's voice embedding)
     embed_frames: bool = False  # and the encoder rows themselves (for embeddings of parts of the utterance)
+    packed_parts: int = 1  # utterances joined into this request (speech/packing.py)
     language_group: str | None = None  # requests of one group (a call) in one batch share one language detection
     packable: bool = False  # may share one decode with the channel's neighbouring utterances (speech/packing.py)
 
@@ -109,6 +110,23 @@ def cut_repetition(tokens: list[int], min_period: int = 1, max_period: int = 12,
         if reps > max_repeats:
             return tokens[: i + 2 * period]  # keep one copy of the repeated block
     return tokens
+
+
+def cut_repeated_phrase(tokens: list, min_period: int = 5, max_period: int = 40) -> list:
+    """Cut a phrase of 5+ tokens that comes back right after itself at the end (``A B C D E A B C D E A B``):
+    Whisper's usual hallucination into the silence after short speech.  Keeps the first copy.
+    A tail shorter than half the phrase (``... door. Dogs``) is left alone.  Works on any sequence
+    (tokens here; words of each utterance of a packed decode in speech/packing.py)."""
+    n = len(tokens)
+    best = n
+    for period in range(min_period, min(max_period, n - 2) + 1):
+        i = n - period - 1
+        while i >= 0 and tokens[i] == tokens[i + period]:
+            i -= 1
+        start = i + 1  # the suffix tokens[start:] repeats with this period
+        if n - start >= period + max(2, period // 2):
+            best = min(best, start + period)
+    return tokens[:best]
 
 
 class WhisperEngine:
@@ -238,6 +256,8 @@ class WhisperEngine:
         for k, (r, lang, g) in enumerate(zip(batch, languages, gen)):
             tokens = [t for t in g.sequences_ids[0] if t < self.tokenizer(lang).eot]
             tokens = cut_repetition(tokens)
+            if r.packed_parts <= 1:  # in a packed decode a phrase may rightly come back in the next utterance
+                tokens = cut_repeated_phrase(tokens)
             tok = self.tokenizer(lang)
             text = tok.decode(tokens).strip()
             seq_len = len(g.sequences_ids[0])

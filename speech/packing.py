@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from calltone.events import Word
-from calltone.speech.asr import SAMPLE_RATE, DecodeRequest, DecodeResult
+from calltone.speech.asr import SAMPLE_RATE, DecodeRequest, DecodeResult, cut_repeated_phrase
 
 GAP_S = 0.8  # silence between packed utterances
 
@@ -60,7 +60,7 @@ def _join(group: list[DecodeRequest]) -> Pack:
         durations.append(len(r.audio) / SAMPLE_RATE)
         t += durations[-1]
     first = group[0]
-    request = replace(first, audio=np.concatenate(parts), word_timestamps=True, packable=False)
+    request = replace(first, audio=np.concatenate(parts), word_timestamps=True, packable=False, packed_parts=len(group))
     return Pack(request, tuple(offsets), tuple(durations))
 
 
@@ -75,12 +75,24 @@ def unpack(p: Pack, result: DecodeResult, want_words: list[bool]) -> list[Decode
                                end=round(min(p.durations[i], max(0.0, w.end - p.offsets[i])), 3), probability=w.probability))
     out = []
     for words, want in zip(buckets, want_words):
+        key = [w.word.strip(" .,!?;:。，！？、").lower() for w in words]
+        words = words[: len(cut_repeated_phrase(key, min_period=4))]  # the hallucination guard, per utterance
         text = "".join(w.word for w in words).strip()
         out.append(DecodeResult(text=text, language=result.language, avg_logprob=result.avg_logprob,
                                 no_speech_prob=result.no_speech_prob, compression_ratio=result.compression_ratio,
                                 words=words if want else [], dropped=None if text else (result.dropped or "empty"),
                                 window_s=result.window_s))
     return out
+
+
+def looks_short(result: DecodeResult, duration_s: float) -> bool:
+    """Whether an utterance's share of a packed decode looks like Whisper skipped it: nothing, or
+    under one word (English) / two characters (Chinese) per two seconds of its audio."""
+    if not result.text:
+        return True
+    han = sum("\u4e00" <= c <= "\u9fff" for c in result.text)
+    units = han / 2 if han else len(result.text.split())
+    return units < duration_s / 2 - 0.5
 
 
 def _utterance_at(p: Pack, t: float) -> int:

@@ -21,10 +21,10 @@ import asyncio
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from calltone.speech.asr import SAMPLE_RATE, DecodeOptions, DecodeRequest, DecodeResult, WhisperEngine
-from calltone.speech.packing import GAP_S, Pack, can_pack, pack, unpack
+from calltone.speech.packing import GAP_S, Pack, can_pack, looks_short, pack, unpack
 
 
 @dataclass
@@ -50,6 +50,7 @@ class WorkerStats:
     queued_partials: int = 0
     queued_background: int = 0
     decoded_background: int = 0
+    pack_retries: int = 0  # utterances of a packed decode decoded again on their own
     lag_s: float = 0.0  # age of the oldest waiting job
 
 
@@ -57,7 +58,7 @@ class AsrWorker:
     """Thread-confined owner of a :class:`WhisperEngine`; submit() is thread-safe."""
 
     def __init__(self, engine: WhisperEngine, options: DecodeOptions = DecodeOptions(), max_batch: int = 8,
-                 partial_lag_drop_s: float = 1.5, pack_speech_s: float = 15.0) -> None:
+                 partial_lag_drop_s: float = 1.5, pack_speech_s: float = 0.0) -> None:
         self.engine = engine
         self.options = options
         self.max_batch = max_batch
@@ -197,7 +198,7 @@ class AsrWorker:
         plan: list[tuple[list[int], Pack | None]] = []
         by_stream: dict[str, list[int]] = {}
         for i, job in enumerate(batch):
-            if can_pack(job.request):
+            if can_pack(job.request) and self.pack_speech_s > 0:
                 by_stream.setdefault(job.stream_id, []).append(i)
             else:
                 plan.append(([i], None))
@@ -211,12 +212,19 @@ class AsrWorker:
                 k += n
         results = self.engine.decode(requests, self.options)
         out: list[DecodeResult] = [None] * len(batch)  # type: ignore[list-item]
+        retry: list[int] = []
         for (idx, p), res in zip(plan, results):
             if p is None:
                 out[idx[0]] = res
             else:
                 for i, r in zip(idx, unpack(p, res, [batch[i].request.word_timestamps for i in idx])):
                     out[i] = r
+                    if looks_short(r, len(batch[i].request.audio) / SAMPLE_RATE):
+                        retry.append(i)
+        if retry:  # Whisper skips an utterance of a pack now and then (e.g. one that repeats the one before): alone
+            self.stats.pack_retries += len(retry)
+            for i, r in zip(retry, self.engine.decode([replace(batch[i].request, packable=False) for i in retry], self.options)):
+                out[i] = r
         return out
 
 

@@ -274,3 +274,41 @@ def test_job_scores_uploads_in_the_server_and_calls_appear(server, recordings):
     assert detail["transcript"] and detail["emotion"]
     assert not any(a["call_id"] == result["call_id"] for a in json.loads(http("GET", f"{server.http}/v1/alerts", QA)[1]))
     assert not (Path(server.services.settings.server.data_dir) / "jobs" / job["job_id"] / "input").exists()  # uploads not kept
+
+
+# --------------------------------------------------------------------------- the decoding pieces batch mode adds
+
+
+def test_cut_repeated_phrase_keeps_one_copy_of_a_hallucinated_repeat():
+    from calltone.speech.asr import cut_repeated_phrase
+
+    a = [11, 12, 13, 14, 15, 16, 17, 18]
+    assert cut_repeated_phrase([9] + a + a + a[:5]) == [9] + a  # "... door. Dogs are sitting by the door. Dogs are sitting"
+    assert cut_repeated_phrase(a + a[:1]) == a + a[:1]  # a short tail may be real speech
+    assert cut_repeated_phrase([1, 2, 1, 2, 1, 2]) == [1, 2, 1, 2, 1, 2]  # "no no no": short periods are left alone
+    assert cut_repeated_phrase(a) == a
+
+
+def test_packed_decode_hands_each_utterance_its_words(runtime, recordings):
+    """Two utterances joined by speech/packing.py, decoded once by the real model, split back."""
+    import numpy as np
+
+    from calltone.speech.asr import DecodeRequest
+    from calltone.speech.audio import load_recording
+    from calltone.speech.packing import pack, unpack
+
+    folder, truth = recordings
+    rec = load_recording(folder / "zh-escalate.wav")
+    segs = [s for s in truth["zh-escalate"]["segments"] if s["channel"] == "agent"][:2]  # CASIA: made-up sentences
+    audio = [rec.channels["agent"][int((s["start"] - 0.2) * 16000): int((s["end"] + 0.2) * 16000)] for s in segs]
+    (p,) = pack([DecodeRequest(a, "zh", word_timestamps=False, packable=True) for a in audio], max_speech_s=8.0)
+    assert len(p.offsets) == 2 and p.request.packed_parts == 2 and p.request.word_timestamps
+    result = runtime.asr.submit("test/pack", p.request, final=True).result(timeout=120)
+    parts = unpack(p, result, [True, False])
+    singles = [runtime.asr.submit("test/one", DecodeRequest(a, "zh", word_timestamps=False), final=True).result(timeout=120)
+               for a in audio]
+    for part, single in zip(parts, singles):  # each utterance gets what it gets when decoded alone
+        assert part.text and _overlap(single.text, part.text, "zh") >= 0.6, (single.text, part.text)
+    assert parts[0].words and all(0 <= w.start <= w.end <= len(audio[0]) / 16000 + 1e-3 for w in parts[0].words)
+    assert not parts[1].words  # word timings only where asked for
+    assert np.isclose(p.offsets[1], len(audio[0]) / 16000 + 0.8, atol=1e-3)
