@@ -166,7 +166,7 @@ def main() -> None:
         "|---|---|",
         f"| `calltone score` wall time, all included (start, model loading, {args.workers} worker processes, reports) | {e2e['wall_s']:.1f} s |",
         f"| audio seconds per wall second, all included | **{e2e['x_wall']:.1f}x** |",
-        f"| audio seconds per wall second, scoring only (after the workers loaded their models) | **{e2e['x_scoring']:.1f}x** |",
+        f"| audio seconds per wall second, as `calltone score` prints it (from starting the workers; model loading included) | **{e2e['x_scoring']:.1f}x** |",
         f"| audio seconds per CPU second (all processes) | {e2e['per_cpu']:.1f} |",
         "",
         f"CPU by stage, one in-process pass over the same calls (1 ASR thread, as in one worker): "
