@@ -259,6 +259,26 @@ def test_live_call_in_agent_supervisor_and_qa_pages(server, browser, escalate_ca
     seqs = agent.eval_on_selector_all("[data-testid=transcript] .line:not(.partial)", "els => els.map(e => +e.dataset.seq)")
     assert sorted(seqs) == sorted(x["seq"] for x in call["transcript"]), "agent page lost or repeated transcript lines"
     assert not agent.locator("[data-testid=transcript] .line.partial").count()
+    # a customer line's badge is the grade the utterance got when it was scored (an update up to 1 s before its end)
+    lines = agent.eval_on_selector_all("[data-testid=transcript] .line.customer:not(.partial)",
+                                       "els => els.map(e => [+e.dataset.end, e.querySelector('.badge')?.dataset.grade])")
+    updates = [u for u in call["emotion"] if u["channel"] == "customer"]
+    checked = 0
+    for end, badge in lines:
+        near = [u for u in updates if end - 1.0 < u["t"] <= end + 0.05]
+        if near:
+            assert badge == near[-1]["grade"], (end, badge, near[-1])
+            checked += 1
+    assert checked >= 3, checked
+    # and deterministically: a line rendered while the grade was calm takes the angry grade scored at its end
+    badge = agent.evaluate("""() => {
+        const v = window.calltone.view, end = 9000.5;
+        const probs = {calm: 0.1, anxious: 0.2, angry: 0.7};
+        v.handle({type: "emotion.update", channel: "customer", t: 8990, grade: "calm", probs, index: 5, cues: []});
+        v.handle({type: "transcript.final", channel: "customer", start: 8998, end, text: "probe", seq: 999999, words: []});
+        v.handle({type: "emotion.update", channel: "customer", t: end, grade: "angry", probs, index: 80, cues: []});
+        return document.querySelector(`.line.customer[data-end="${end}"] .badge`).dataset.grade; }""")
+    assert badge == "angry"
     assert not agent.errors and not sup.errors, (agent.errors, sup.errors)
 
     # QA: the call is listed (filter: escalated), its page renders the timeline, graded transcript and metrics

@@ -155,7 +155,7 @@ export class CallView {
   line(ev, partial) {
     const role = ev.channel === "agent" ? "agent" : ev.channel === "customer" ? "customer" : "other";
     const row = el("div", { class: `line ${role}${partial ? " partial" : ""}`, "data-channel": ev.channel, "data-start": ev.start,
-      "data-seq": ev.seq ?? "" },
+      "data-end": ev.end, "data-seq": ev.seq ?? "" },
       el("div", { class: "meta" }, el("span", { class: "who", "data-role": ev.channel }, roleName(ev.channel)),
         el("span", { class: "ts" }, fmtClock(ev.start))),
       el("div", { class: "text" }, ev.text || "…"));
@@ -196,6 +196,15 @@ export class CallView {
 
   emotion(ev) {
     if (ev.channel !== "customer") return;
+    // the grade of a whole utterance comes just after its transcript (it is scored once decoded):
+    // a line that ended within the last second takes it (as batch reports grade a segment by its end)
+    for (const row of this.lines.querySelectorAll(".line.customer:not(.partial)")) {
+      const end = +row.dataset.end;
+      if (!(end > ev.t - 1.0 && end <= ev.t + 0.05)) continue;
+      const badge = row.querySelector(".meta .badge");
+      if (badge) badge.replaceWith(gradeBadge(ev.grade));
+      else row.querySelector(".meta").append(gradeBadge(ev.grade));
+    }
     this.state.grade = ev.grade;
     this.state.emotion = ev;
     this.spark.push(ev.t, ev.index);
