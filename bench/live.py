@@ -3,6 +3,7 @@
     python bench/live.py                       # starts its own server (dev mode, temp data dir)
     python bench/live.py --url ws://host:8000 --token T --server-pid PID
     python bench/live.py --levels 1,2,4 --seconds 30
+    python bench/live.py --levels 2 --job calls/*.wav   # the same with a QA scoring job running (POST /v1/jobs)
 
 Each call streams a sample call (demo_en / demo_zh alternately, 8 kHz µ-law, 20 ms
 frames, paced at real time) through ``WS /v1/calls/{id}/audio`` and receives its
@@ -74,7 +75,34 @@ async def one_call(url: str, token: str | None, call_id: str, path: Path, second
     return finals
 
 
-async def level(url: str, http: str, token: str | None, n: int, seconds: float, pid: int | None) -> dict:
+def post_job(http: str, token: str | None, files: list[Path]) -> str:
+    """Upload recordings as a scoring job (multipart); returns the job id."""
+    import json
+    import uuid
+
+    boundary = uuid.uuid4().hex
+    body = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{f.name}"\r\n'
+                    f"Content-Type: audio/wav\r\n\r\n".encode() + f.read_bytes() + b"\r\n" for f in files)
+    req = urllib.request.Request(f"{http}/v1/jobs", data=body + f"--{boundary}--\r\n".encode(), method="POST",
+                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read())["job_id"]
+
+
+def job_status(http: str, token: str | None, job_id: str) -> dict:
+    import json
+
+    req = urllib.request.Request(f"{http}/v1/jobs/{job_id}")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+async def level(url: str, http: str, token: str | None, n: int, seconds: float, pid: int | None,
+                job_files: list[Path] | None = None) -> dict:
     lat: list[float] = []
     lags: list[float] = []
     stop = asyncio.Event()
@@ -86,6 +114,11 @@ async def level(url: str, http: str, token: str | None, n: int, seconds: float, 
                 lags.append(v)
             await asyncio.sleep(1.0)
 
+    job_id = await asyncio.to_thread(post_job, http, token, job_files) if job_files else None
+    if job_id:  # let the job start decoding before the calls do
+        while (await asyncio.to_thread(job_status, http, token, job_id))["progress"]["current_fraction"] <= 0:
+            await asyncio.sleep(0.2)
+    audio0 = 0.0
     cpu0, t0 = (proc_cpu_s(pid) if pid else None), time.monotonic()
     poller = asyncio.ensure_future(poll())
     tag = f"bench-{int(time.time())}-{n}"
@@ -94,12 +127,18 @@ async def level(url: str, http: str, token: str | None, n: int, seconds: float, 
     stop.set()
     await poller
     wall = time.monotonic() - t0
+    job = None
+    if job_id:
+        st = await asyncio.to_thread(job_status, http, token, job_id)
+        p = st["progress"]
+        job = {"status": st["status"], "files_done": p["files_done"], "files_total": p["files_total"],
+               "audio_s_done": p["audio_s_done"] - audio0}
     errors = [r for r in results if isinstance(r, BaseException)]
     cpu = (proc_cpu_s(pid) - cpu0) / wall * 100 if pid else None
     arr = np.array(lat) if lat else np.array([np.nan])
     return {"n": n, "finals": len(lat), "p50": float(np.nanpercentile(arr, 50)), "p95": float(np.nanpercentile(arr, 95)),
             "lag_max": max(lags, default=float("nan")), "lag_mean": float(np.mean(lags)) if lags else float("nan"),
-            "cpu": cpu, "errors": len(errors), "error": repr(errors[0])[:120] if errors else ""}
+            "cpu": cpu, "errors": len(errors), "error": repr(errors[0])[:120] if errors else "", "job": job}
 
 
 def start_server(port: int) -> subprocess.Popen:
@@ -126,6 +165,7 @@ def main() -> int:
     ap.add_argument("--levels", default="1,2,4,8,16")
     ap.add_argument("--seconds", type=float, default=30.0, help="seconds of each sample call to stream")
     ap.add_argument("--max-p95", type=float, default=5.0, help="stop after a level with p95 latency above this")
+    ap.add_argument("--job", nargs="+", type=Path, help="recordings to score as a POST /v1/jobs job during each level")
     args = ap.parse_args()
     proc = None
     if args.url:
@@ -137,10 +177,10 @@ def main() -> int:
     rows = []
     try:
         for n in [int(x) for x in args.levels.split(",")]:
-            r = asyncio.run(level(url, http, args.token, n, args.seconds, pid))
+            r = asyncio.run(level(url, http, args.token, n, args.seconds, pid, args.job))
             rows.append(r)
             print(f"# {n} calls: p50 {r['p50']:.2f}s p95 {r['p95']:.2f}s lag max {r['lag_max']:.2f}s "
-                  f"cpu {r['cpu'] or 0:.0f}% errors {r['errors']} {r['error']}", file=sys.stderr, flush=True)
+                  f"cpu {r['cpu'] or 0:.0f}% errors {r['errors']} {r['error']} job {r['job']}", file=sys.stderr, flush=True)
             if r["errors"] or r["p95"] > args.max_p95:
                 break
     finally:
@@ -149,12 +189,15 @@ def main() -> int:
             proc.wait(30)
     print(f"\nLive service, {args.seconds:g} s of each sample call per client, 8 kHz µ-law, 20 ms frames, real time "
           f"({os.cpu_count()} cores)\n")
-    print("| concurrent calls | finals | final latency p50 (s) | p95 (s) | ASR lag mean / max (s) | server CPU (%) | errors |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    job_col = " scoring job during the level |" if args.job else ""
+    print("| concurrent calls | finals | final latency p50 (s) | p95 (s) | ASR lag mean / max (s) | server CPU (%) | errors |" + job_col)
+    print("|---:|---:|---:|---:|---:|---:|---:|" + ("---|" if args.job else ""))
     for r in rows:
         cpu = f"{r['cpu']:.0f}" if r["cpu"] is not None else "n/a"
+        j = r.get("job")
+        job = (f" {j['files_done']}/{j['files_total']} files done, {j['status']} |" if j else "") if args.job else ""
         print(f"| {r['n']} | {r['finals']} | {r['p50']:.2f} | {r['p95']:.2f} | {r['lag_mean']:.2f} / {r['lag_max']:.2f} "
-              f"| {cpu} | {r['errors']} |")
+              f"| {cpu} | {r['errors']} |" + job)
     return 0
 
 

@@ -149,6 +149,9 @@ async def feed_recording(pipe: CallPipeline, channels: dict[str, np.ndarray], bl
         if realtime <= 0:
             if not pipe.options.batch:
                 await pipe.settle()
+            else:  # no further ahead of the ASR worker than two batches: the CPU pool stays free for live calls
+                while pipe.runtime.asr.background_queued > 2 * pipe.runtime.asr.max_batch:
+                    await asyncio.sleep(0.05)
         else:
             delay = t0 + (i + step) / SAMPLE_RATE / realtime - loop.time()
             if delay > 0:

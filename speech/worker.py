@@ -11,8 +11,11 @@ a defined way:
 
 Recordings scored in the background (batch scoring, QA jobs in the server) submit
 with ``background=True``: their decodes only fill the room live work leaves in a
-batch, and a channel's short utterances share one decode where they may
-(``speech/packing.py``).
+batch, and while live calls are being decoded (any live request in the last
+``LIVE_RECENT_S``) they run only in batches of their own of at most ``max_batch // 4``,
+between live batches, so that a live final neither waits behind a long batch of
+someone's recordings nor shares its batch with them.  A channel's short
+utterances may share one decode (``speech/packing.py``, opt-in).
 """
 
 from __future__ import annotations
@@ -54,6 +57,9 @@ class WorkerStats:
     lag_s: float = 0.0  # age of the oldest waiting job
 
 
+LIVE_RECENT_S = 5.0
+
+
 class AsrWorker:
     """Thread-confined owner of a :class:`WhisperEngine`; submit() is thread-safe."""
 
@@ -67,6 +73,7 @@ class AsrWorker:
         self._finals: list[_Job] = []
         self._partials: dict[str, _Job] = {}
         self._background: list[_Job] = []
+        self._last_live = -1e9  # monotonic time of the last live (not background) request
         self._cv = threading.Condition()
         self._closed = False
         self.stats = WorkerStats()
@@ -81,6 +88,8 @@ class AsrWorker:
         with self._cv:
             if self._closed:
                 raise RuntimeError("ASR worker is closed")
+            if not background:
+                self._last_live = job.submitted
             if background:
                 self._background.append(job)
             elif final:
@@ -100,6 +109,11 @@ class AsrWorker:
     def decode_sync(self, requests: list[DecodeRequest], stream_id: str = "batch") -> list[DecodeResult]:
         futures = [self.submit(f"{stream_id}:{i}", r, True) for i, r in enumerate(requests)]
         return [f.result() for f in futures]
+
+    @property
+    def background_queued(self) -> int:
+        """Background decodes waiting (batch feeders hold back while this is high)."""
+        return len(self._background)
 
     def lag_s(self) -> float:
         with self._cv:
@@ -138,6 +152,8 @@ class AsrWorker:
                 continue
             batch.append(job)
         room = self.max_batch - len(batch)
+        if now - self._last_live < LIVE_RECENT_S:  # live calls are on: no background in their batches, short ones alone
+            room = 0 if batch else min(room, max(1, self.max_batch // 4))
         taken = 0
         packing: dict[str, float] = {}  # stream -> seconds in its open pack
         for job in self._background:
