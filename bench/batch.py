@@ -10,9 +10,9 @@ English, half Mandarin; ``--calls`` of each), then:
    CPU second (all processes);
 2. breaks the CPU down by stage (decode file, VAD, ASR, emotion, report) from one
    in-process pass over the same calls with one ASR thread, as one worker runs;
-3. measures what packing the agent's short utterances into shared decodes (opt-in,
-   ``asr.batch_pack_s``) trades: speed and WER (English) / CER (Mandarin) per channel
-   against the calls' scripts.
+3. measures what packing the agent's short utterances into shared decodes
+   (``asr.batch_pack_s``, on by default) trades against one decode per utterance: speed
+   and WER (English) / CER (Mandarin) per channel against the calls' scripts.
 
 Prints a Markdown section for docs/benchmarks.md.
 """
@@ -179,19 +179,20 @@ def main() -> None:
     for stage, s in sorted(plain["cpu"].items(), key=lambda kv: -kv[1]):
         lines.append(f"| {stage} | {s:.1f} | {100 * s / total:.0f} % | {1000 * s / audio_s:.1f} |")
     if not args.skip_packing:
-        packed = stages(files, pack_speech_s=5.0)
-        er_u, er_p = error_rates(files, plain["transcripts"]), error_rates(files, packed["transcripts"])
+        single = stages(files, pack_speech_s=0.0)
+        er_d, er_s = error_rates(files, plain["transcripts"]), error_rates(files, single["transcripts"])
         lines += [
             "",
-            "Packing the agent's utterances into shared decodes (opt-in `asr.batch_pack_s=5`, speech/packing.py) "
-            "against one decode per utterance (default), same calls, one in-process pass each (1 ASR thread):",
+            "Packing the agent's short utterances into shared decodes (speech/packing.py, `asr.batch_pack_s`, "
+            "default 5 s) against one decode per utterance (`asr.batch_pack_s=0`), same calls, one in-process pass "
+            "each (1 ASR thread); WER/CER per channel against the calls' scripts:",
             "",
-            "| | ASR CPU s | wall s | " + " | ".join(er_u) + " |",
-            "|---|---|---|" + "---|" * len(er_u),
-            f"| one decode per utterance (default) | {plain['cpu']['ASR (Whisper, 1 thread)']:.1f} | {plain['wall_s']:.1f} | "
-            + " | ".join(f"{v:.3f}" for v in er_u.values()) + " |",
-            f"| packed, 5 s | {packed['cpu']['ASR (Whisper, 1 thread)']:.1f} | {packed['wall_s']:.1f} | "
-            + " | ".join(f"{er_p.get(k, float('nan')):.3f}" for k in er_u) + " |",
+            "| | ASR CPU s | wall s | " + " | ".join(er_d) + " |",
+            "|---|---|---|" + "---|" * len(er_d),
+            f"| packed, 5 s (default) | {plain['cpu']['ASR (Whisper, 1 thread)']:.1f} | {plain['wall_s']:.1f} | "
+            + " | ".join(f"{v:.3f}" for v in er_d.values()) + " |",
+            f"| one decode per utterance | {single['cpu']['ASR (Whisper, 1 thread)']:.1f} | {single['wall_s']:.1f} | "
+            + " | ".join(f"{er_s.get(k, float('nan')):.3f}" for k in er_d) + " |",
         ]
     print("\n".join(lines))
 

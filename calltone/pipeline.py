@@ -132,13 +132,16 @@ class CallPipeline:
 
 
 async def feed_recording(pipe: CallPipeline, channels: dict[str, np.ndarray], block_s: float = 0.5,
-                         realtime: float = 0.0, progress: Callable[[float], None] | None = None) -> None:
+                         realtime: float = 0.0, progress: Callable[[float], None] | None = None,
+                         hold_back: bool = False) -> None:
     """Push a whole recording (16 kHz per role) through ``pipe`` and finish the call.
 
     ``realtime`` = 0 feeds as fast as the workers take it.  A live-mode pipeline then waits
     for each block's partial work, so that the result is the same as if the call were live;
     a batch-mode pipeline (``PipelineOptions.batch``) needs no waiting.  1.0 paces blocks
-    at real time.  ``progress`` gets the seconds of audio pushed so far.
+    at real time.  ``progress`` gets the seconds of audio pushed so far.  ``hold_back`` (a batch
+    pipeline sharing its process with live calls) keeps the feed at most two batches ahead of
+    the ASR worker, so that its VAD and emotion work do not fill the CPU pool live calls use.
     """
     n = max(len(x) for x in channels.values())
     step = max(1, int(block_s * SAMPLE_RATE))
@@ -149,7 +152,7 @@ async def feed_recording(pipe: CallPipeline, channels: dict[str, np.ndarray], bl
         if realtime <= 0:
             if not pipe.options.batch:
                 await pipe.settle()
-            else:  # no further ahead of the ASR worker than two batches: the CPU pool stays free for live calls
+            elif hold_back:
                 while pipe.runtime.asr.background_queued > 2 * pipe.runtime.asr.max_batch:
                     await asyncio.sleep(0.05)
         else:

@@ -30,9 +30,8 @@ class AsrSettings(BaseModel):
     partial_interval_s: float = Field(1.0, description="how often a partial hypothesis is refreshed while someone speaks")
     max_batch: int = Field(8, description="requests decoded together in one encoder/decoder pass")
     partial_lag_drop_s: float = Field(1.5, description="when the ASR queue is this far behind, partials are skipped")
-    batch_pack_s: float = Field(0.0, ge=0.0, description="batch scoring, opt-in: the agent's short utterances share one decode, "
-                                "up to this many seconds of audio (speech/packing.py; ~10 % faster, English WER "
-                                "cost in some runs: docs/batch.md); 0 = one decode each")
+    batch_pack_s: float = Field(5.0, ge=0.0, description="batch scoring: the agent's short utterances share one decode, "
+                                "up to this many seconds of audio (speech/packing.py; docs/batch.md); 0 = one decode each")
     partial_roles: list[str] = Field(["customer"], description="channels that get partial transcripts (the agent knows what they said; their finals still come)")
     word_timestamps: bool = True
 

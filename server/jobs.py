@@ -135,7 +135,8 @@ class JobRunner:
 
             call_id = f"{names[path]}-{job.job_id[:6]}"
             try:
-                report = await score_recording(path, self.s.runtime, job.options, call_id=call_id, progress=progress)
+                report = await score_recording(path, self.s.runtime, job.options, call_id=call_id, progress=progress,
+                                               shared=True)
             except ScoringError as exc:
                 job.errors.append(JobError(file=path.name, error=str(exc)))
             else:

@@ -15,7 +15,7 @@ batch, and while live calls are being decoded (any live request in the last
 ``LIVE_RECENT_S``) they run only in batches of their own of at most ``max_batch // 4``,
 between live batches, so that a live final neither waits behind a long batch of
 someone's recordings nor shares its batch with them.  A channel's short
-utterances may share one decode (``speech/packing.py``, opt-in).
+utterances may share one decode (``speech/packing.py``, ``asr.batch_pack_s``).
 """
 
 from __future__ import annotations

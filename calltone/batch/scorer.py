@@ -81,8 +81,9 @@ def sha256_of(path: Path) -> str:
 
 
 async def score_recording(path: Path, runtime, options: ScoreOptions, call_id: str | None = None,
-                          progress: Callable[[float, float], None] | None = None) -> CallReport:
-    """Score one recording; ``progress(done_s, total_s)`` follows the audio fed.  Raises ScoringError."""
+                          progress: Callable[[float, float], None] | None = None, shared: bool = False) -> CallReport:
+    """Score one recording; ``progress(done_s, total_s)`` follows the audio fed.  ``shared``: the runtime
+    also serves live calls (the server), so the feed holds back for them.  Raises ScoringError."""
     from calltone.pipeline import CallPipeline, PipelineOptions, feed_recording
     from calltone.speech.audio import AudioError, load_recording
 
@@ -114,7 +115,8 @@ async def score_recording(path: Path, runtime, options: ScoreOptions, call_id: s
     call_id = call_id or path.stem
     pipe = CallPipeline(call_id, runtime, pipe_options, collect)
     duration = rec.duration_s
-    await feed_recording(pipe, audio, block_s=0.5, progress=(lambda s: progress(s, duration)) if progress else None)
+    await feed_recording(pipe, audio, block_s=0.5, progress=(lambda s: progress(s, duration)) if progress else None,
+                         hold_back=shared)
     digest = await loop.run_in_executor(runtime.cpu, sha256_of, path)
     report = build_report(call_id, str(path), events, pipe.speech(), duration, channels, mono=mono,
                           scored_at=round(time.time(), 3), source_sha256=digest, options=options.model_dump())
