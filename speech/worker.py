@@ -13,8 +13,8 @@ Recordings scored in the background (batch scoring, QA jobs in the server) submi
 with ``background=True``: their decodes only fill the room live work leaves in a
 batch, and while live calls are being decoded (any live request in the last
 ``LIVE_RECENT_S``) they run only in batches of their own of at most ``max_batch // 4``,
-between live batches, so that a live final neither waits behind a long batch of
-someone's recordings nor shares its batch with them.  A channel's short
+between live batches, and are not packed, so that a live final neither waits behind a
+long batch of someone's recordings nor shares its batch with them.  A channel's short
 utterances may share one decode (``speech/packing.py``, ``asr.batch_pack_s``).
 """
 
@@ -152,13 +152,14 @@ class AsrWorker:
                 continue
             batch.append(job)
         room = self.max_batch - len(batch)
-        if now - self._last_live < LIVE_RECENT_S:  # live calls are on: no background in their batches, short ones alone
+        live = now - self._last_live < LIVE_RECENT_S
+        if live:  # live calls are on: no background in their batches, short ones alone, nothing packed
             room = 0 if batch else min(room, max(1, self.max_batch // 4))
         taken = 0
         packing: dict[str, float] = {}  # stream -> seconds in its open pack
         for job in self._background:
             d = len(job.request.audio) / SAMPLE_RATE
-            if can_pack(job.request) and job.stream_id in packing and packing[job.stream_id] + GAP_S + d <= self.pack_speech_s:
+            if not live and can_pack(job.request) and job.stream_id in packing and packing[job.stream_id] + GAP_S + d <= self.pack_speech_s:
                 packing[job.stream_id] += GAP_S + d  # shares a decode already counted
             elif room > 0:
                 room -= 1
@@ -213,8 +214,9 @@ class AsrWorker:
         requests: list[DecodeRequest] = []
         plan: list[tuple[list[int], Pack | None]] = []
         by_stream: dict[str, list[int]] = {}
+        pack_ok = self.pack_speech_s > 0 and time.monotonic() - self._last_live >= LIVE_RECENT_S  # packs decode longer
         for i, job in enumerate(batch):
-            if can_pack(job.request) and self.pack_speech_s > 0:
+            if pack_ok and can_pack(job.request):
                 by_stream.setdefault(job.stream_id, []).append(i)
             else:
                 plan.append(([i], None))
