@@ -118,7 +118,6 @@ async def level(url: str, http: str, token: str | None, n: int, seconds: float, 
     if job_id:  # let the job start decoding before the calls do
         while (await asyncio.to_thread(job_status, http, token, job_id))["progress"]["current_fraction"] <= 0:
             await asyncio.sleep(0.2)
-    audio0 = 0.0
     cpu0, t0 = (proc_cpu_s(pid) if pid else None), time.monotonic()
     poller = asyncio.ensure_future(poll())
     tag = f"bench-{int(time.time())}-{n}"
@@ -132,7 +131,7 @@ async def level(url: str, http: str, token: str | None, n: int, seconds: float, 
         st = await asyncio.to_thread(job_status, http, token, job_id)
         p = st["progress"]
         job = {"status": st["status"], "files_done": p["files_done"], "files_total": p["files_total"],
-               "audio_s_done": p["audio_s_done"] - audio0}
+               "audio_s_done": p["audio_s_done"]}
     errors = [r for r in results if isinstance(r, BaseException)]
     cpu = (proc_cpu_s(pid) - cpu0) / wall * 100 if pid else None
     arr = np.array(lat) if lat else np.array([np.nan])

@@ -135,3 +135,14 @@ def mask_words(words: list[str]) -> list[str]:
         out.append(masked[pos : pos + len(w)])
         pos += len(w)
     return out
+
+
+def mask_transcript(event) -> list[str]:
+    """Mask a transcript event's text and words in place; returns the kinds of PII found in the text."""
+    masked, kinds = mask_text(event.text)
+    if kinds:
+        event.text = masked
+    if event.words:
+        for w, text in zip(event.words, mask_words([w.word for w in event.words])):
+            w.word = text
+    return kinds

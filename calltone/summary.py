@@ -58,19 +58,15 @@ def compute_summary(events: list[dict], duration_s: float, base: dict | None = N
             updates[e["channel"]].append(e)
         elif typ == "escalation.raised":
             escalations += 1
-    merged = {ch: _union(iv) for ch, iv in talk.items()}
-    talk_s = {ch: round(_total(iv), 3) for ch, iv in merged.items()}
-    all_speech = _union([iv for ivs in merged.values() for iv in ivs])
+    conv = conversation_metrics(talk, duration)
+    talk_s = conv["talk_s"]
     total_talk = sum(talk_s.values())
-    overtalk = 0.0
-    if "customer" in merged and "agent" in merged:
-        overtalk = _intersection(merged["customer"], merged["agent"])
     summary.update({
         "duration_s": round(duration, 3),
         "transcript_talk_s": talk_s,
         "talk_ratio": {ch: round(v / total_talk, 3) for ch, v in talk_s.items()} if total_talk > 0 else {},
-        "silence_s": round(max(0.0, duration - _total(all_speech)), 3),
-        "overtalk_s": round(overtalk, 3),
+        "silence_s": conv["silence_s"],
+        "overtalk_s": conv["overtalk_s"],
         "final_segments": finals,
         "escalations": escalations,
     })

@@ -29,7 +29,7 @@ import numpy as np
 from calltone.pipeline import CallPipeline, PipelineOptions
 from calltone.server.bus import Bus, Message
 from calltone.server.metrics import Metrics
-from calltone.pii import mask_text, mask_words
+from calltone.pii import mask_transcript
 from calltone.server.protocol import AlertMessage, ProtocolError
 from calltone.server.store import AsyncStore
 from calltone.summary import compute_summary
@@ -251,15 +251,8 @@ class LiveCall:
             w.end = round(w.end + off, 3)
 
     def _mask(self, ev: Any) -> None:
-        masked, kinds = mask_text(ev.text)
-        if kinds:
-            ev.text = masked
-            for k in kinds:
-                self.s.metrics.pii_masked.inc(1, k)
-        if ev.words:
-            new = mask_words([w.word for w in ev.words])
-            for w, text in zip(ev.words, new):
-                w.word = text
+        for k in mask_transcript(ev):
+            self.s.metrics.pii_masked.inc(1, k)
 
     def _store_ops(self, ev: Any, typ: str, body: str, now: float) -> tuple[list, AlertMessage | None]:
         call_id = self.call_id

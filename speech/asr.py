@@ -56,7 +56,7 @@ class DecodeRequest:
     embed_frames: bool = False  # and the encoder rows themselves (for embeddings of parts of the utterance)
     packed_parts: int = 1  # utterances joined into this request (speech/packing.py)
     language_group: str | None = None  # requests of one group (a call) in one batch share one language detection
-    packable: bool = False  # may share one decode with the channel's neighbouring utterances (speech/packing.py)
+    packable: bool = False  # may share one decode with the channel's neighbouring utterances (needs no embedding; speech/packing.py)
 
 
 @dataclass

@@ -27,8 +27,9 @@ class Pack:
     durations: tuple[float, ...]
 
 
-def can_pack(request: DecodeRequest) -> bool:
-    return request.packable and not request.embed
+def fits(length_s: float, duration_s: float, max_speech_s: float) -> bool:
+    """Whether an utterance of ``duration_s`` still joins a pack that holds ``length_s`` of audio."""
+    return length_s + GAP_S + duration_s <= max_speech_s
 
 
 def pack(requests: list[DecodeRequest], max_speech_s: float = 15.0) -> list[Pack]:
@@ -38,7 +39,7 @@ def pack(requests: list[DecodeRequest], max_speech_s: float = 15.0) -> list[Pack
     length = 0.0
     for r in requests:
         d = len(r.audio) / SAMPLE_RATE
-        if group and length + GAP_S + d > max_speech_s:
+        if group and not fits(length, d, max_speech_s):
             packs.append(_join(group))
             group, length = [], 0.0
         length += (GAP_S if group else 0.0) + d

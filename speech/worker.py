@@ -27,7 +27,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 
 from calltone.speech.asr import SAMPLE_RATE, DecodeOptions, DecodeRequest, DecodeResult, WhisperEngine
-from calltone.speech.packing import GAP_S, Pack, can_pack, looks_short, pack, unpack
+from calltone.speech.packing import GAP_S, Pack, fits, looks_short, pack, unpack
 
 
 @dataclass
@@ -138,7 +138,8 @@ class AsrWorker:
         self._thread.join(timeout=30)
 
     # -- the worker thread ------------------------------------------------------------
-    def _take_batch(self) -> list[_Job]:
+    def _take_batch(self) -> tuple[list[_Job], bool]:
+        """The next batch, and whether its background utterances may be packed (not while live calls run)."""
         now = time.monotonic()
         batch = self._finals[: self.max_batch]
         del self._finals[: len(batch)]
@@ -155,22 +156,23 @@ class AsrWorker:
         live = now - self._last_live < LIVE_RECENT_S
         if live:  # live calls are on: no background in their batches, short ones alone, nothing packed
             room = 0 if batch else min(room, max(1, self.max_batch // 4))
+        packs = self.pack_speech_s > 0 and not live
         taken = 0
-        packing: dict[str, float] = {}  # stream -> seconds in its open pack
+        open_pack: dict[str, float] = {}  # stream -> seconds of audio in its open pack
         for job in self._background:
             d = len(job.request.audio) / SAMPLE_RATE
-            if not live and can_pack(job.request) and job.stream_id in packing and packing[job.stream_id] + GAP_S + d <= self.pack_speech_s:
-                packing[job.stream_id] += GAP_S + d  # shares a decode already counted
+            if packs and job.request.packable and job.stream_id in open_pack and fits(open_pack[job.stream_id], d, self.pack_speech_s):
+                open_pack[job.stream_id] += GAP_S + d  # shares a decode already counted
             elif room > 0:
                 room -= 1
-                if can_pack(job.request):
-                    packing[job.stream_id] = d
+                if job.request.packable:
+                    open_pack[job.stream_id] = d
             else:
                 break
             taken += 1
         batch.extend(self._background[:taken])
         del self._background[:taken]
-        return batch
+        return batch, packs
 
     def _run(self) -> None:
         while True:
@@ -182,12 +184,12 @@ class AsrWorker:
                         _resolve(job.future, None)
                     self._partials.clear()
                     return
-                batch = self._take_batch()
+                batch, packs = self._take_batch()
             if not batch:
                 continue
             t0 = time.perf_counter()
             try:
-                results = self._decode(batch)
+                results = self._decode(batch, packs)
             except Exception as exc:  # a broken request must not kill the worker
                 for j in batch:
                     if not j.future.cancelled():
@@ -208,15 +210,13 @@ class AsrWorker:
             for j, r in zip(batch, results):
                 _resolve(j.future, r)
 
-
-    def _decode(self, batch: list[_Job]) -> list[DecodeResult]:
-        """Decode a batch; packable utterances of one stream share a decode (speech/packing.py)."""
+    def _decode(self, batch: list[_Job], packs: bool) -> list[DecodeResult]:
+        """Decode a batch; with ``packs``, packable utterances of one stream share a decode (speech/packing.py)."""
         requests: list[DecodeRequest] = []
         plan: list[tuple[list[int], Pack | None]] = []
         by_stream: dict[str, list[int]] = {}
-        pack_ok = self.pack_speech_s > 0 and time.monotonic() - self._last_live >= LIVE_RECENT_S  # packs decode longer
         for i, job in enumerate(batch):
-            if pack_ok and can_pack(job.request):
+            if packs and job.request.packable:
                 by_stream.setdefault(job.stream_id, []).append(i)
             else:
                 plan.append(([i], None))

@@ -17,11 +17,11 @@ from jinja2 import Environment, FileSystemLoader
 from markupsafe import Markup
 
 from calltone.batch.report import CallReport
+from calltone.events import GRADES
 
 _HERE = Path(__file__).parent
 ASSETS = ("report.js", "report.css")
 VENDOR = ("uPlot.iife.min.js", "uPlot.min.css", "uPlot.LICENSE")
-GRADES = ("calm", "anxious", "angry")
 
 
 def clock(s: float | None, hours: bool = False) -> str:

@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 
 from calltone.batch.report import CallReport, build_report
 from calltone.events import Event
-from calltone.pii import mask_text, mask_words
+from calltone.pii import mask_transcript
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")
 
@@ -107,9 +107,7 @@ async def score_recording(path: Path, runtime, options: ScoreOptions, call_id: s
 
     def collect(e: Event) -> None:
         if mask and e.type == "transcript.final":
-            e.text = mask_text(e.text)[0]
-            for w, text in zip(e.words, mask_words([w.word for w in e.words])):
-                w.word = text
+            mask_transcript(e)
         events.append(e)
 
     call_id = call_id or path.stem
