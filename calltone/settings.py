@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CALLTONE_", env_nested_delimiter="__", extra="ignore")
 
     cache_dir: Path = Field(default_factory=lambda: Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "calltone")
+    blas_threads: int = Field(1, ge=0, description="threads of numpy's BLAS (OpenBLAS) per process; 1 because the CPU pool "
+                              "already runs calls in parallel and idle BLAS threads spin (0 = the library's default)")
     asr: AsrSettings = AsrSettings()
     vad: VadSettings = VadSettings()
     emotion: EmotionSettings = EmotionSettings()

@@ -159,3 +159,27 @@ def test_upset_grades_are_explained_by_cues_pointing_that_way():
         explained += bool(cues)
         assert all(AROUSED_DIRECTION[c["name"]] * c["z"] > 0 for c in cues), cues
     assert explained >= 4
+
+
+@needs_data
+def test_expression_agreement_on_real_speakers():
+    """RAVDESS actors act anger alike (their anger-vs-neutral shifts correlate); a speaker
+    whose labels are swapped acts it the opposite way and scores below zero."""
+    from calltone.models.training.agreement import agreement
+
+    with open(DATA / "manifest.csv", newline="", encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["speaker"] in {f"ravdess-{i:02d}" for i in range(1, 7)}
+                and r["emotion"] in ("anger", "neutral") and r["intensity"] in ("normal", "")]
+    import soundfile as sf
+
+    X = np.stack([extract_features(sf.read(DATA / r["path"], dtype="float32")[0], 16000) for r in rows])
+    speakers = np.array([r["speaker"] for r in rows])
+    emotions = np.array([r["emotion"] for r in rows])
+    per = agreement(X, speakers, emotions, "anger", "neutral")
+    assert set(per) == set(speakers)
+    assert np.mean(list(per.values())) > 0.3
+    swapped = emotions.copy()
+    one = speakers == "ravdess-03"
+    swapped[one] = np.where(emotions[one] == "anger", "neutral", "anger")
+    per2 = agreement(X, speakers, swapped, "anger", "neutral")
+    assert per2["ravdess-03"] < 0 < per["ravdess-03"]

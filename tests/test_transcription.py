@@ -202,3 +202,11 @@ def test_cli_reports_bad_file_and_unknown_model(tmp_path):
     out = _cli("transcribe", str(SPEECH / "jfk.flac"), "--model", str(tmp_path / "nowhere"))
     assert out.returncode == 2 and "unknown model" in out.stderr
 
+
+
+def test_runtime_caps_blas_threads(runtime):
+    """The runtime caps numpy's BLAS at settings.blas_threads (1): idle BLAS threads spin."""
+    from threadpoolctl import threadpool_info
+
+    blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
+    assert blas and all(i["num_threads"] == 1 for i in blas)
