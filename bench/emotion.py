@@ -62,8 +62,8 @@ def expression_agreement() -> str:
         for a, b in PAIRS:
             per = agreement(X, speakers, emotions, a, b)
             g = by_group(per, corpus_of)
-            casia = [s for s in per if corpus_of[s] == "casia"]
-            pair = agreement(X[np.isin(speakers, casia)], speakers[np.isin(speakers, casia)], emotions[np.isin(speakers, casia)], a, b)
+            casia = np.isin(speakers, [s for s in per if corpus_of[s] == "casia"])
+            pair = agreement(X[casia], speakers[casia], emotions[casia], a, b)
             rows.append(f"| {name} | {a} vs {b} | " + " | ".join(f"{g.get(c, float('nan')):+.2f}" for c in corpora)
                         + f" | {np.mean(list(pair.values())):+.2f} |")
     return "\n".join(rows)
@@ -73,9 +73,9 @@ def feature_cost(n_clips: int = 60) -> str:
     import soundfile as sf
     import soxr
 
-    from calltone.emotion.features import extract_features
+    from threadpoolctl import threadpool_limits  # one BLAS thread, as the runtime: idle BLAS threads spin and bill CPU time
 
-    from threadpoolctl import threadpool_limits  # one BLAS thread: idle BLAS threads spin and bill CPU time
+    from calltone.emotion.features import extract_features
 
     rows = [r for r in csv.DictReader(open(CORPUS / "manifest.csv", encoding="utf-8"))][::37][:n_clips]
     audio = [sf.read(CORPUS / r["path"], dtype="float32")[0] for r in rows]

@@ -48,7 +48,7 @@ def limit_blas_threads(n: int) -> None:
     """Cap numpy's BLAS threads for the whole process (0 leaves the default).  The per-channel
     work (features, VAD, the classifier) runs on small matrices from several pool threads at
     once; with the default of one BLAS thread per core, idle BLAS threads spin and take CPU
-    from the ASR worker (bench/live.py: server CPU 37 % -> 28 % for one call)."""
+    from the ASR worker (bench/live.py: server CPU 37 % -> 27 % for one call)."""
     if n > 0:
         from threadpoolctl import threadpool_limits
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-GRADE_ORDER = {"calm": 0, "anxious": 1, "angry": 2}
+from calltone.events import GRADES
+
+GRADE_ORDER = {g: i for i, g in enumerate(GRADES)}
 
 
 def _union(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:

@@ -114,7 +114,7 @@ class JobRunner:
                 job.errors.append(JobError(file="", error=f"{type(exc).__name__}: {exc}"))
             finally:
                 job.finished_at = round(time.time(), 3)
-                files, uploaded = self._inputs.pop(job_id, ([], False))
+                _, uploaded = self._inputs.pop(job_id, ([], False))
                 if uploaded and not self.s.settings.privacy.keep_audio:
                     shutil.rmtree(self.dir(job_id) / "input", ignore_errors=True)
 

@@ -88,18 +88,18 @@ class AsrWorker:
         with self._cv:
             if self._closed:
                 raise RuntimeError("ASR worker is closed")
-            if not background:
-                self._last_live = job.submitted
             if background:
                 self._background.append(job)
-            elif final:
-                self._finals.append(job)
             else:
-                old = self._partials.pop(stream_id, None)
-                if old is not None:
-                    _resolve(old.future, None)
-                    self.stats.superseded_partials += 1
-                self._partials[stream_id] = job
+                self._last_live = job.submitted
+                if final:
+                    self._finals.append(job)
+                else:
+                    old = self._partials.pop(stream_id, None)
+                    if old is not None:
+                        _resolve(old.future, None)
+                        self.stats.superseded_partials += 1
+                    self._partials[stream_id] = job
             self._cv.notify()
         return job.future
 

@@ -161,10 +161,7 @@ class ScoringPool:
 
     def __init__(self, settings, workers: int, threads: int) -> None:
         ctx = multiprocessing.get_context("spawn")  # no inherited threads or model state
-        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-            # numpy/librosa's BLAS would start a thread per core in every worker and spin them between calls:
-            # measured 28.8x -> 31.9x real time and 12 % less CPU with one thread each (docs/benchmarks.md)
-            os.environ.setdefault(var, str(threads))  # the workers inherit the environment when spawned
+        # each worker's Runtime.create caps numpy's BLAS at settings.blas_threads (1): idle BLAS threads spin
         self.workers = workers
         self._pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                                          initargs=(settings.model_dump_json(), threads))

@@ -198,9 +198,11 @@ export class CallView {
     if (ev.channel !== "customer") return;
     // the grade of a whole utterance comes just after its transcript (it is scored once decoded):
     // a line that ended within the last second takes it (as batch reports grade a segment by its end)
-    for (const row of this.lines.querySelectorAll(".line.customer:not(.partial)")) {
-      const end = +row.dataset.end;
-      if (!(end > ev.t - 1.0 && end <= ev.t + 0.05)) continue;
+    const rows = this.lines.querySelectorAll(".line.customer:not(.partial)");
+    for (let i = rows.length - 1; i >= 0; i--) {  // newest first; older lines ended too long ago
+      const row = rows[i], end = +row.dataset.end;
+      if (end <= ev.t - 1.0) break;
+      if (end > ev.t + 0.05) continue;
       const badge = row.querySelector(".meta .badge");
       if (badge) badge.replaceWith(gradeBadge(ev.grade));
       else row.querySelector(".meta").append(gradeBadge(ev.grade));
