@@ -18,9 +18,8 @@ from typing import Callable
 
 import numpy as np
 
-from calltone.server.g711 import encode
+from calltone.speech.audio import encode_pcm
 
-BYTES_PER_SAMPLE = {"mulaw": 1, "alaw": 1, "pcm_s16le": 2, "f32le": 4}
 
 
 class ReplayError(Exception):
@@ -117,7 +116,7 @@ async def stream_call(url: str, call_id: str, audio: np.ndarray, rate: int, *, e
             for i in range(0, len(audio), step):
                 if receiver.done():
                     break
-                await ws.send(encode(audio[i : i + step], encoding))
+                await ws.send(encode_pcm(audio[i : i + step], encoding))
                 end_s = min(len(audio), i + step) / rate
                 if on_send is not None:
                     on_send(end_s, time.monotonic())

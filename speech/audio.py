@@ -34,7 +34,10 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from calltone.speech.g711 import G711_FLOAT, alaw_encode, to_int16, ulaw_encode
+
 __all__ = [
+    "BYTES_PER_SAMPLE",
     "ENCODINGS",
     "MAX_RATE",
     "MIN_RATE",
@@ -56,6 +59,7 @@ __all__ = [
     "UnsupportedEncoding",
     "UnsupportedFormat",
     "decode_pcm",
+    "encode_pcm",
     "default_roles",
     "load_recording",
 ]
@@ -67,7 +71,7 @@ MIN_RATE, MAX_RATE = 8_000, 48_000
 
 Encoding = Literal["pcm_s16le", "f32le", "mulaw", "alaw"]
 ENCODINGS: tuple[Encoding, ...] = ("pcm_s16le", "f32le", "mulaw", "alaw")
-_BYTES_PER_SAMPLE: dict[str, int] = {"pcm_s16le": 2, "f32le": 4, "mulaw": 1, "alaw": 1}
+BYTES_PER_SAMPLE: dict[str, int] = {"pcm_s16le": 2, "f32le": 4, "mulaw": 1, "alaw": 1}
 # Other names telephony platforms use for the same encodings.
 _ENCODING_ALIASES: dict[str, Encoding] = {
     "s16le": "pcm_s16le", "pcm16": "pcm_s16le", "linear16": "pcm_s16le", "l16": "pcm_s16le",
@@ -173,7 +177,7 @@ class StreamFormat:
     def __post_init__(self) -> None:
         enc = str(self.encoding).strip().lower()
         enc = _ENCODING_ALIASES.get(enc, enc)
-        if enc not in _BYTES_PER_SAMPLE:
+        if enc not in BYTES_PER_SAMPLE:
             raise UnsupportedEncoding(f"unknown stream encoding {self.encoding!r}; expected one of {', '.join(ENCODINGS)}")
         object.__setattr__(self, "encoding", enc)
         object.__setattr__(self, "sample_rate", _check_rate(self.sample_rate))
@@ -185,43 +189,12 @@ class StreamFormat:
 
     @property
     def bytes_per_sample(self) -> int:
-        return _BYTES_PER_SAMPLE[self.encoding]
+        return BYTES_PER_SAMPLE[self.encoding]
 
     @property
     def frame_bytes(self) -> int:
         """Bytes per frame (one sample of every channel)."""
         return self.bytes_per_sample * self.channels
-
-
-# --------------------------------------------------------------------------- G.711
-
-
-def _ulaw_table() -> np.ndarray:
-    """ITU-T G.711 µ-law expansion of all 256 codes to 16-bit linear."""
-    u = ~np.arange(256, dtype=np.int32) & 0xFF
-    exponent = (u >> 4) & 0x07
-    mantissa = u & 0x0F
-    magnitude = (((mantissa << 3) + 0x84) << exponent) - 0x84
-    return np.where(u & 0x80, -magnitude, magnitude).astype(np.int16)
-
-
-def _alaw_table() -> np.ndarray:
-    """ITU-T G.711 A-law expansion of all 256 codes to 16-bit linear."""
-    a = np.arange(256, dtype=np.int32) ^ 0x55
-    exponent = (a >> 4) & 0x07
-    mantissa = a & 0x0F
-    magnitude = np.where(exponent == 0, (mantissa << 4) + 8, ((mantissa << 4) + 0x108) << np.maximum(exponent - 1, 0))
-    return np.where(a & 0x80, magnitude, -magnitude).astype(np.int16)
-
-
-ULAW_TO_INT16: np.ndarray = _ulaw_table()
-ALAW_TO_INT16: np.ndarray = _alaw_table()
-_G711_FLOAT: dict[str, np.ndarray] = {
-    "mulaw": ULAW_TO_INT16.astype(np.float32) / 32768.0,
-    "alaw": ALAW_TO_INT16.astype(np.float32) / 32768.0,
-}
-ULAW_TO_INT16.flags.writeable = False
-ALAW_TO_INT16.flags.writeable = False
 
 
 # --------------------------------------------------------------------------- decoding
@@ -255,8 +228,22 @@ def decode_pcm(data: bytes | bytearray | memoryview, fmt: StreamFormat) -> np.nd
             )
         x = np.clip(raw, -1.0, 1.0).astype(np.float32, copy=False)
     else:
-        x = _G711_FLOAT[fmt.encoding][np.frombuffer(data, dtype=np.uint8)]
+        x = G711_FLOAT[fmt.encoding][np.frombuffer(data, dtype=np.uint8)]
     return x.reshape(-1, fmt.channels)
+
+
+def encode_pcm(x: np.ndarray, encoding: str) -> bytes:
+    """The inverse of :func:`decode_pcm`: interleaved ``(frames, channels)`` or mono float samples to bytes."""
+    flat = np.ascontiguousarray(x).reshape(-1)
+    if encoding == "mulaw":
+        return ulaw_encode(flat)
+    if encoding == "alaw":
+        return alaw_encode(flat)
+    if encoding == "pcm_s16le":
+        return to_int16(flat).astype("<i2").tobytes()
+    if encoding == "f32le":
+        return np.clip(flat.astype(np.float32), -1, 1).astype("<f4").tobytes()
+    raise UnsupportedEncoding(f"unknown encoding {encoding!r}; expected one of {', '.join(ENCODINGS)}")
 
 
 class StreamResampler:

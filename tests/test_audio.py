@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from calltone.speech import audio
+from calltone.speech import audio, g711
 from calltone.speech.audio import (
     AudioError,
     AudioFileNotFound,
@@ -133,7 +133,7 @@ def test_g711_matches_audioop(encoding, table, ref):
         pytest.skip("no reference G.711 decoder: stdlib audioop was removed in Python 3.13 and audioop-lts is not installed")
     every_code = bytes(range(256))
     expected = np.frombuffer(getattr(audioop, ref)(every_code, 2), dtype="<i2")
-    np.testing.assert_array_equal(getattr(audio, table), expected)
+    np.testing.assert_array_equal(getattr(g711, table), expected)
     x = decode_pcm(every_code, StreamFormat(encoding, 8000))
     assert x.shape == (256, 1) and x.dtype == np.float32
     np.testing.assert_array_equal(x[:, 0] * 32768, expected)  # exact: 1/32768 is a power of two
@@ -248,7 +248,7 @@ def test_resampler_rejects_bad_rate():
 
 @pytest.mark.parametrize("encoding", ["mulaw", "alaw"])
 def test_stream_decoder_g711_stereo_in_ragged_chunks(encoding):
-    table = audio.ULAW_TO_INT16 if encoding == "mulaw" else audio.ALAW_TO_INT16
+    table = g711.ULAW_TO_INT16 if encoding == "mulaw" else g711.ALAW_TO_INT16
     customer, agent = tone(1000, 8000, 2.0, 0.5), tone(300, 8000, 2.0, 0.3)
     interleaved = np.stack([customer, agent], 1).ravel()
     data = g711_encode(interleaved, table)

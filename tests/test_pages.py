@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from calltone.server.app import ServerThread, create_app
-from calltone.server.g711 import encode
+from calltone.speech.audio import encode_pcm
 from calltone.settings import ServerSettings, Settings
 
 from .conftest import EMOTION_SPEECH, MAKE_CALLS, REPO, require
@@ -130,7 +130,7 @@ class Streamer(threading.Thread):
                 for i in range(0, len(self.audio), step):
                     if self.stop_now.is_set():
                         break
-                    ws.send(encode(self.audio[i : i + step], "mulaw"))
+                    ws.send(encode_pcm(self.audio[i : i + step], "mulaw"))
                     self.sent_s = min(len(self.audio), i + step) / self.rate
                     delay = t0 + self.sent_s - time.monotonic()
                     if delay > 0:

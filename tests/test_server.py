@@ -20,7 +20,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from calltone.server.app import ServerThread, create_app, purge_expired
-from calltone.server.g711 import encode, ulaw_encode
+from calltone.speech.audio import encode_pcm
+from calltone.speech.g711 import ulaw_encode
 from calltone.server.webhooks import verify
 from calltone.settings import ServerSettings, Settings
 
@@ -146,7 +147,7 @@ def stream(srv, call_id: str, audio: np.ndarray, rate: int, *, encoding="pcm_s16
         assert started["type"] == "started", started
         t0 = time.monotonic()
         for i in range(0, end, step):
-            ws.send(encode(audio[i : min(i + step, end)], encoding))
+            ws.send(encode_pcm(audio[i : min(i + step, end)], encoding))
             if speed:
                 delay = t0 + min(i + step, end) / rate / speed - time.monotonic()
                 if delay > 0:
@@ -289,7 +290,7 @@ def test_server_restart_mid_call_loses_nothing(tmp_path, runtime):
             assert json.loads(ws.recv(timeout=10))["type"] == "started"
             step = rate // 10
             for i in range(0, 4 * rate, step):  # the first 4 s
-                ws.send(encode(audio[i : i + step], "pcm_s16le"))
+                ws.send(encode_pcm(audio[i : i + step], "pcm_s16le"))
             while not any(e["type"] == "transcript.final" for e in before):  # the agent's line is final
                 before.append(json.loads(ws.recv(timeout=30)))
             srv.stop()  # restart while the producer is still connected
@@ -316,7 +317,7 @@ def test_server_restart_mid_call_loses_nothing(tmp_path, runtime):
             started = json.loads(ws.recv(timeout=10))
             assert started["resumed"] is True and started["seq"] == last
             for i in range(4 * rate, len(audio), rate // 10):
-                ws.send(encode(audio[i : i + rate // 10], "pcm_s16le"))
+                ws.send(encode_pcm(audio[i : i + rate // 10], "pcm_s16le"))
             ws.send(json.dumps({"type": "stop"}))
             after = []
             while not after or after[-1]["type"] != "call.ended":
@@ -343,7 +344,7 @@ def test_slow_subscriber_does_not_hold_back_ingest_or_others(server):
             t.start()
             t0 = time.monotonic()
             for i in range(0, len(audio), rate // 50):
-                ws.send(encode(audio[i : i + rate // 50], "pcm_s16le"))
+                ws.send(encode_pcm(audio[i : i + rate // 50], "pcm_s16le"))
             ws.send(json.dumps({"type": "stop"}))
             expect_refusal(ws, close=1000)
             elapsed = time.monotonic() - t0
@@ -470,7 +471,7 @@ def test_bad_call_id_and_flood_and_conflict(server):
         with connect(ws_url(server, "/v1/calls/dup-1/audio", INGEST)) as second:
             second.send(start_msg())
             expect_refusal(second, "conflict", 4409)
-        first.send(encode(audio, "pcm_s16le")[:32_000])
+        first.send(encode_pcm(audio, "pcm_s16le")[:32_000])
         first.send(json.dumps({"type": "stop"}))
         evs = []
         while not evs or evs[-1]["type"] != "call.ended":
