@@ -93,6 +93,7 @@ class Ready(BaseModel):
     ready: bool
     model: str | None = None
     active_calls: int = 0
+    reason: str | None = Field(None, description="why not ready: the speech model is loading, or the store cannot write")
 
 
 def _since(value: str | None) -> float | None:
@@ -211,12 +212,17 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
-@router.get("/readyz", response_model=Ready, tags=["operations"], summary="Readiness (speech model loaded)",
-            responses={503: {"model": Ready}})
+@router.get("/readyz", response_model=Ready, tags=["operations"],
+            summary="Readiness (speech model loaded and the store can write)", responses={503: {"model": Ready}})
 async def readyz(request: Request):
     s = _services(request)
-    body = Ready(ready=s.ready, model=s.settings.asr.model if s.ready else None, active_calls=len(s.registry))
+    store_ok = await s.store.probe()  # while the store is failed: a probe write, at most once a second
+    reason = None if store_ok else f"store_unavailable: {s.store.failure}"
     if not s.ready:
+        reason = "not_ready: the speech model is still loading"
+    body = Ready(ready=s.ready and store_ok, model=s.settings.asr.model if s.ready else None, active_calls=len(s.registry),
+                 reason=reason)
+    if not body.ready:
         from fastapi.responses import JSONResponse
 
         return JSONResponse(body.model_dump(), status_code=503)

@@ -2,12 +2,18 @@
 
 Every event the pipeline emits goes through :meth:`LiveCall._emit` on the event loop:
 
-1. times shifted when the call was resumed after a server restart,
+1. pipeline times turned into call times (resume offset, skipped audio: ``calltime.py``),
 2. PII masked in transcript text and words (``privacy.mask_pii``),
 3. ``seq`` / ``server_time`` assigned, ``call.ended`` summary completed,
-4. written to the store (event + call row + alert rows in one queued write),
+4. written to the store (event + call row with the resume position + alert rows in one
+   queued write),
 5. published on the bus (``call:<id>``; escalations also on ``alerts`` and to
    webhooks) only once the write has committed.
+
+A write that fails is not published, and nothing of the call after it is stored or
+published (so stored seqs have no gaps and no one saw a seq the store lacks): the
+producer's next ``push`` raises ``store_unavailable``, the supervisors' ``alerts`` topic
+gets a ``store.failed`` message, and the call is left resumable.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 import uuid
 from bisect import bisect_left
@@ -22,20 +29,24 @@ from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from calltone.pipeline import CallPipeline, PipelineOptions
-from calltone.server.bus import Bus, Message
-from calltone.server.metrics import Metrics
 from calltone.pii import mask_transcript
+from calltone.pipeline import SAMPLE_RATE, CallPipeline, PipelineOptions
+from calltone.server.audiokeeper import AudioKeeper
+from calltone.server.bus import Bus, Message
+from calltone.server.calltime import CallClock
+from calltone.server.metrics import Metrics
 from calltone.server.protocol import AlertMessage, ProtocolError
-from calltone.server.store import AsyncStore
+from calltone.server.store import AsyncStore, StoreUnavailable, is_storage_failure
 from calltone.summary import compute_summary
 
 if TYPE_CHECKING:
     from calltone.runtime import Runtime
+    from calltone.server.registry import CallRegistry
+    from calltone.server.store import Repository
     from calltone.server.jobs import JobRunner
     from calltone.server.webhooks import WebhookSender
     from calltone.settings import Settings
@@ -45,28 +56,9 @@ log = logging.getLogger("calltone.server.calls")
 MIN_PUSH_SAMPLES = 640  # 40 ms at 16 kHz: smaller frames are gathered before they reach the pipeline
 SUMMARY_TYPES = ("transcript.final", "emotion.update", "escalation.raised", "escalation.cleared")
 TRANSCRIPT_TYPES = ("transcript.partial", "transcript.final")
-
-
-class AudioKeeper:
-    """Writes each role's 16 kHz audio to ``<audio_dir>/<call_id>/<role>-<session>.wav`` (privacy.keep_audio)."""
-
-    def __init__(self, directory: Path, roles: list[str]) -> None:
-        import soundfile as sf
-
-        directory.mkdir(parents=True, exist_ok=True)
-        session = time.strftime("%Y%m%dT%H%M%S")
-        self.files = {r: sf.SoundFile(directory / f"{r}-{session}.wav", "w", samplerate=16000, channels=1, subtype="PCM_16")
-                      for r in roles}
-
-    def write(self, audio: dict[str, np.ndarray]) -> None:
-        for role, x in audio.items():
-            f = self.files.get(role)
-            if f is not None and len(x):
-                f.write(x)
-
-    def close(self) -> None:
-        for f in self.files.values():
-            f.close()
+POSITION_EVERY_S = 1.0  # while audio flows, the resume position (call row duration_s) is stored at least this often
+# How a call may end without call.ended: its row is left "interrupted" and the same call id resumes it.
+RESUMABLE_ENDINGS = frozenset({"shutdown", "interrupted", "error:store_unavailable"})
 
 
 @dataclass
@@ -86,6 +78,7 @@ class Services:
 
     def __post_init__(self) -> None:
         from calltone.server.jobs import JobRunner
+        from calltone.server.registry import CallRegistry
 
         self.registry = CallRegistry(self)
         self.jobs = JobRunner(self, self.jobs_dir or Path("jobs"))
@@ -103,7 +96,7 @@ class LiveCall:
         self.options = options
         self.agent_id = options.agent_id
         self.seq = seq
-        self.t_offset = t_offset
+        self.clock = CallClock(t_offset)
         self.resumed = resumed
         self.started_at = started_at or time.time()
         self.history: list[dict] = list(history or [])  # events the summary needs
@@ -115,9 +108,12 @@ class LiveCall:
         self._loop = asyncio.get_running_loop()
         self._pending: dict[str, list[np.ndarray]] = {r: [] for r in options.roles}
         self._pending_n: dict[str, int] = {r: 0 for r in options.roles}
-        self._clock: dict[str, deque[tuple[float, float]]] = {r: deque(maxlen=4096) for r in options.roles}
+        self._arrivals: dict[str, deque[tuple[float, float]]] = {r: deque(maxlen=4096) for r in options.roles}
         self._pushed_s: dict[str, float] = {r: 0.0 for r in options.roles}
-        self.audio_s: dict[str, float] = {r: 0.0 for r in options.roles}
+        self._received: dict[str, int] = {r: 0 for r in options.roles}  # samples, pending ones included
+        self.store_error: BaseException | None = None  # the first failed write (set in the store's writer thread)
+        self._producer_told = False
+        self._persisted = t_offset  # resume position carried by the latest write submitted
         self.finished = False
         self._lock = asyncio.Lock()
         self.keeper: AudioKeeper | None = None
@@ -126,9 +122,48 @@ class LiveCall:
         assert services.runtime is not None
         self.pipeline = CallPipeline(call_id, services.runtime, options, self._emit)
 
+    @property
+    def t_offset(self) -> float:
+        """Call time at which this connection resumed the call (0.0 for a new call)."""
+        return self.clock.offset
+
+    @property
+    def position_s(self) -> float:
+        """Call time of the audio the pipeline has taken, skips included: where a resumed call starts."""
+        return self.clock.call_time(self.pipeline.duration_s, start=True)
+
     # -- audio ---------------------------------------------------------------------------
     async def push(self, audio: dict[str, np.ndarray], *, force: bool = False) -> None:
-        """Add 16 kHz audio per role; gathered into >= 40 ms pieces before the pipeline sees it."""
+        """Add 16 kHz audio per role; gathered into >= 40 ms pieces before the pipeline sees it.
+
+        Once a write of this call has failed, the next push raises ProtocolError ``store_unavailable`` (or
+        ``internal_error`` when the store itself is fine) and later pushes drop their audio."""
+        if self.store_error is not None:
+            if not self._producer_told:
+                self._producer_told = True
+                raise self._write_refusal()
+            return
+        await self._push(audio, force)
+        if self.position_s - self._persisted >= POSITION_EVERY_S:
+            self._submit([])
+
+    def skip(self, seconds: float) -> None:
+        """``seconds`` of call audio were discarded upstream (AudioHook ``discarded``): call time moves on by
+        ``seconds`` with no audio.  Events about audio pushed after this are shifted by every skip so far; events
+        about earlier audio are not.  The call's duration and its resume position include skips."""
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ValueError(f"cannot skip {seconds!r} seconds of audio")
+        if seconds:
+            self.clock.skip(max(self._received.values(), default=0) / SAMPLE_RATE, seconds)
+
+    def _write_refusal(self) -> ProtocolError:
+        exc = self.store_error
+        if exc is not None and is_storage_failure(exc):
+            return ProtocolError("store_unavailable", f"this call's events cannot be stored ({exc}); reconnect later with "
+                                                      "the same call id to resume it")
+        return ProtocolError("internal_error", "an event of this call could not be stored; the call was ended")
+
+    async def _push(self, audio: dict[str, np.ndarray], force: bool) -> None:
         ready: dict[str, np.ndarray] = {}
         for role, x in audio.items():
             if role not in self._pending or x is None:
@@ -136,9 +171,8 @@ class LiveCall:
             if len(x):
                 self._pending[role].append(x)
                 self._pending_n[role] += len(x)
-                secs = len(x) / 16000
-                self.audio_s[role] += secs
-                self.s.metrics.audio_seconds.inc(secs, role)
+                self._received[role] += len(x)
+                self.s.metrics.audio_seconds.inc(len(x) / SAMPLE_RATE, role)
             if self._pending_n[role] and (force or self._pending_n[role] >= MIN_PUSH_SAMPLES):
                 parts = self._pending[role]
                 ready[role] = parts[0] if len(parts) == 1 else np.concatenate(parts)
@@ -151,39 +185,48 @@ class LiveCall:
         now = time.monotonic()
         for role, x in ready.items():
             self._pushed_s[role] += len(x) / 16000
-            self._clock[role].append((self._pushed_s[role], now))
+            self._arrivals[role].append((self._pushed_s[role], now))
         async with self._lock:
             await self.pipeline.push(ready)
 
     def _arrival(self, role: str | None, t_local: float) -> float | None:
         """Monotonic time at which the audio at pipeline time ``t_local`` of ``role`` arrived."""
-        clock = self._clock.get(role or "")
+        clock = self._arrivals.get(role or "")
         if not clock:
             return None
         i = bisect_left(clock, (t_local - 1e-6, -1.0))
         return clock[min(i, len(clock) - 1)][1]
 
     async def finish(self, how: str = "stopped") -> None:
-        """End the call: finalise pending audio, emit ``call.ended`` (unless the server is shutting down)."""
+        """End the call: finalise pending audio and emit ``call.ended`` -- or, for a resumable ending
+        (:data:`RESUMABLE_ENDINGS`: ``"shutdown"``, ``"interrupted"``, a store failure), store what was pending and
+        leave the call ``interrupted`` for the same call id to resume."""
         if self.finished:
             return
         self.finished = True
         self.end_reason = how
-        self._suppress_end = how == "shutdown"
+        self._suppress_end = how in RESUMABLE_ENDINGS
         try:
-            await self.push({r: np.zeros(0, np.float32) for r in self._pending}, force=True)
+            await self._push({r: np.zeros(0, np.float32) for r in self._pending}, force=True)
             async with self._lock:
                 await self.pipeline.finish()
             await self.flush()
-            if how == "shutdown":
-                duration = round(self.t_offset + self.pipeline.duration_s, 3)
-                await self.s.store.write(lambda r: r.update_call(self.call_id, status="interrupted", duration_s=duration,
-                                                                  updated_at=time.time()))
+            if self._suppress_end:
+                await self._leave_interrupted()
         finally:
             if self.keeper is not None:
                 self.keeper.close()
             self.s.metrics.calls_ended.inc(1, how)
             self.s.registry._remove(self)
+
+    async def _leave_interrupted(self) -> None:
+        fields: dict[str, Any] = {"status": "interrupted", "updated_at": time.time()}
+        if self.store_error is None:  # else the row keeps the position of the last write that was stored
+            fields["duration_s"] = round(self.position_s, 3)
+        try:
+            await self.s.store.write(lambda r: r.update_call(self.call_id, **fields))
+        except Exception as exc:  # noqa: BLE001 -- the row stays "live", which resumes the same way
+            log.warning("call %s: could not mark it interrupted: %s", self.call_id, exc)
 
     async def flush(self) -> None:
         """Wait until everything emitted so far is stored and published."""
@@ -207,10 +250,12 @@ class LiveCall:
         channel = getattr(ev, "channel", None)
         if typ == "call.ended" and self._suppress_end:
             return
+        if self.store_error is not None:  # nothing after a lost write is stored or published: no seq gaps
+            self.s.metrics.events_not_stored.inc(1, typ)
+            return
         local_end = getattr(ev, "end", None) if typ in TRANSCRIPT_TYPES else ev.t
         arrival = self._arrival(channel, local_end) if channel and local_end is not None else None
-        if self.t_offset:
-            self._shift(ev)
+        self.clock.shift(ev)
         if typ in TRANSCRIPT_TYPES and self.s.settings.privacy.mask_pii:
             self._mask(ev)
         if typ == "call.started" and self.resumed:
@@ -220,7 +265,7 @@ class LiveCall:
         ev.seq = self.seq
         ev.server_time = round(now, 3)
         if typ == "call.ended":
-            duration = self.t_offset + self.pipeline.duration_s
+            duration = self.position_s
             base = dict(ev.summary or {})
             base["end_reason"] = self.end_reason
             if self.resumed:
@@ -235,20 +280,44 @@ class LiveCall:
                 self.recent_finals.append(d)
         ops, alert = self._store_ops(ev, typ, body, now)
         emitted = time.perf_counter()
-        fut = self.s.store.submit(lambda repo: [op(repo) for op in ops])
         msg = Message.of(typ, body, ev.seq, channel)
-        fut.add_done_callback(lambda f: self._loop.call_soon_threadsafe(self._published, f, msg, alert, arrival, emitted))
+        self._submit(ops, lambda exc: self._published(exc, msg, alert, arrival, emitted))
+
+    def _submit(self, ops: list[Callable[["Repository"], Any]],
+                then: Callable[[BaseException | None], None] | None = None) -> None:
+        """Queue one write of this call (its ops and the resume position); ``then(error)`` runs on the loop after it.
+        The write is refused once an earlier one of this call failed: the store settles each failed write before it
+        runs the next, so ``store_error`` is set in time."""
+        call_id, position = self.call_id, round(self.position_s, 3)
+        self._persisted = position
+
+        def write(repo: "Repository") -> None:
+            if self.store_error is not None:
+                raise StoreUnavailable(f"an earlier write of call {call_id} failed")
+            repo.update_call(call_id, duration_s=position)
+            for op in ops:
+                op(repo)
+
+        def done(fut: Future) -> None:  # in the writer thread
+            exc = fut.exception()
+            if exc is not None and self.store_error is None:
+                self.store_error = exc
+                self._loop.call_soon_threadsafe(self._report_write_failure, exc)
+            if then is not None:
+                self._loop.call_soon_threadsafe(then, exc)
+
+        fut = self.s.store.submit(write)
+        fut.add_done_callback(done)
         self._last_write = fut
 
-    def _shift(self, ev: Any) -> None:
-        off = self.t_offset
-        ev.t = round(ev.t + off, 3)
-        if hasattr(ev, "start") and hasattr(ev, "end"):
-            ev.start = round(ev.start + off, 3)
-            ev.end = round(ev.end + off, 3)
-        for w in getattr(ev, "words", None) or []:
-            w.start = round(w.start + off, 3)
-            w.end = round(w.end + off, 3)
+    def _report_write_failure(self, exc: BaseException) -> None:
+        """Tell the supervisors (``alerts`` topic; an alert-shaped ``store.failed`` message) that this call lost events."""
+        log.error("call %s: a write failed (%s); nothing more of this call is stored or published", self.call_id, exc)
+        body = {"type": "store.failed", "alert_id": f"store-{new_alert_id()}", "call_id": self.call_id,
+                "agent_id": self.agent_id, "channel": None, "reason": f"events of this call could not be stored: {exc}",
+                "evidence": {"store_failure": self.s.store.failure}, "excerpt": [], "status": "open",
+                "t": round(self.position_s, 3), "seq": self.seq, "raised_at": time.time(), "replay": False}
+        self.s.bus.publish("alerts", Message.of("store.failed", json.dumps(body, ensure_ascii=False)))
 
     def _mask(self, ev: Any) -> None:
         for k in mask_transcript(ev):
@@ -284,11 +353,12 @@ class LiveCall:
             ops.append(lambda r: r.update_call(call_id, language=lang))
         return ops, alert
 
-    def _published(self, fut: Future, msg: Message, alert: AlertMessage | None, arrival: float | None, emitted: float) -> None:
-        exc = fut.exception()
-        if exc is not None:
-            log.error("call %s: event %s seq %s NOT stored: %s", self.call_id, msg.type, msg.seq, exc)
+    def _published(self, exc: BaseException | None, msg: Message, alert: AlertMessage | None, arrival: float | None,
+                   emitted: float) -> None:
         m = self.s.metrics
+        if exc is not None:  # not stored, so not published
+            m.events_not_stored.inc(1, msg.type)
+            return
         m.store_latency.observe(time.perf_counter() - emitted)
         m.events.inc(1, msg.type)
         if arrival is not None and msg.type in ("transcript.final", "transcript.partial", "emotion.update"):
@@ -300,57 +370,6 @@ class LiveCall:
             self.s.bus.publish("alerts", Message.of(alert.type, body))
             if self.s.webhooks is not None:
                 self.s.webhooks.send(alert.alert_id, alert.type, body)
-
-
-class CallRegistry:
-    """The calls being streamed right now (at most one producer each)."""
-
-    def __init__(self, services: Services) -> None:
-        self.s = services
-        self.live: dict[str, LiveCall] = {}
-        self._opening: set[str] = set()
-        self.draining = False
-
-    def __len__(self) -> int:
-        return len(self.live)
-
-    async def open(self, call_id: str, options: PipelineOptions) -> LiveCall:
-        if self.draining:
-            raise ProtocolError("shutting_down", "the server is shutting down; reconnect shortly to resume this call")
-        if call_id in self.live or call_id in self._opening:
-            raise ProtocolError("conflict", f"call {call_id} already has a producer streaming its audio")
-        self._opening.add(call_id)
-        try:
-            row = await self.s.store.read(lambda r: r.get_call(call_id))
-            if row is not None and row["status"] == "ended":
-                raise ProtocolError("call_ended", f"call {call_id} has already ended; use a new call id")
-            now = time.time()
-            seq, offset, history, started_at = 0, 0.0, [], now
-            if row is not None:  # resume an interrupted call
-                stored = await self.s.store.read(lambda r: (r.last_seq(call_id), r.events(call_id, 0, list(SUMMARY_TYPES))))
-                seq = stored[0]
-                history = [json.loads(body) for _, _, body in stored[1]]
-                offset = float(row.get("duration_s") or 0.0)
-                offset = max([offset] + [float(e.get("end", e.get("t", 0.0)) or 0.0) for e in history])
-                started_at = row["started_at"]
-                options = options.model_copy(update={"agent_id": options.agent_id or row.get("agent_id")})
-            call = {"call_id": call_id, "status": "live", "agent_id": options.agent_id, "language": options.language,
-                    "metadata": options.metadata, "roles": options.roles, "started_at": started_at, "updated_at": now}
-            await self.s.store.write(lambda r: r.upsert_call(call))
-            live = LiveCall(self.s, call_id, options, seq=seq, t_offset=offset, history=history, resumed=row is not None,
-                            started_at=started_at)
-            self.live[call_id] = live
-            self.s.metrics.calls_started.inc()
-            return live
-        finally:
-            self._opening.discard(call_id)
-
-    def _remove(self, live: LiveCall) -> None:
-        if self.live.get(live.call_id) is live:
-            del self.live[live.call_id]
-
-    async def finish_all(self, how: str = "shutdown") -> None:
-        await asyncio.gather(*(c.finish(how) for c in list(self.live.values())), return_exceptions=True)
 
 
 def new_alert_id() -> str:

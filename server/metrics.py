@@ -146,6 +146,9 @@ class Metrics:
         self.ingest_errors = Counter("calltone_ingest_errors_total", "Websocket sessions refused or closed with an error", ("code",))
         self.webhooks = Counter("calltone_webhook_deliveries_total", "Webhook delivery attempts, by outcome", ("outcome",))
         self.pii_masked = Counter("calltone_pii_masked_total", "PII spans masked in transcripts, by kind", ("kind",))
+        self.events_not_stored = Counter("calltone_events_not_stored_total",
+                                         "Events neither stored nor published because a write of their call failed, by type",
+                                         ("type",))
         self.gauges: list[Gauge] = []
 
     def gauge(self, name: str, help: str, fn: Callable, labels: tuple[str, ...] = ()) -> None:
@@ -154,7 +157,8 @@ class Metrics:
     def render(self) -> str:
         lines: list[str] = []
         for m in (self.calls_started, self.calls_ended, self.audio_seconds, self.events, self.event_latency,
-                  self.store_latency, self.alerts, self.ingest_errors, self.webhooks, self.pii_masked, *self.gauges):
+                  self.store_latency, self.alerts, self.ingest_errors, self.webhooks, self.pii_masked, self.events_not_stored,
+                  *self.gauges):
             try:
                 lines.extend(m.render())
             except Exception as exc:  # a broken gauge must not break the scrape

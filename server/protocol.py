@@ -34,6 +34,7 @@ CLOSE_CODES: dict[str, int] = {
     "frame_too_large": 1009,
     "internal_error": 1011,
     "not_ready": 1013,          # model still loading
+    "store_unavailable": 1013,  # the store cannot write: no new calls; a call being written is cut off (resumable)
     "not_found": 4404,          # no such call
     "subscriber_too_slow": 4408,  # queue overflowed; reconnect with ?after=<last seq>
     "conflict": 4409,           # a producer is already streaming this call

@@ -2,7 +2,9 @@
 
 Callers use :class:`AsyncStore`, which serialises every write through ONE writer
 thread (FIFO, batched into one transaction when writes queue up) and runs reads in a
-small thread pool, so the event loop never waits on SQLite.  The storage itself is
+small thread pool, so the event loop never waits on SQLite.  A write that fails for want
+of storage (disk full, I/O error) puts the store in a *failed* state (:attr:`AsyncStore.failure`)
+until a probe write (:meth:`AsyncStore.probe`) succeeds again.  The storage itself is
 a :class:`Repository`; :class:`SqliteRepository` (WAL, ``synchronous=NORMAL``: a
 committed event survives a process crash) is the embedded default.  A PostgreSQL
 repository only has to implement the same protocol.
@@ -24,6 +26,19 @@ from typing import Any, Callable, Iterator, Protocol, TypeVar
 
 log = logging.getLogger("calltone.server.store")
 T = TypeVar("T")
+
+PROBE_EVERY_S = 1.0  # while failed, at most one probe write per second
+
+
+class StoreUnavailable(Exception):
+    """A write refused because the store (or an earlier write it depends on) failed."""
+
+
+def is_storage_failure(exc: BaseException) -> bool:
+    """True for errors of the storage itself (disk full, I/O, corruption), not of the data written."""
+    if isinstance(exc, (StoreUnavailable, OSError, sqlite3.OperationalError)):
+        return True
+    return type(exc) is sqlite3.DatabaseError
 
 CALL_FIELDS = ("call_id", "status", "agent_id", "language", "metadata", "roles", "started_at", "ended_at",
                "duration_s", "escalations", "summary", "last_seq", "updated_at")
@@ -53,6 +68,7 @@ class Repository(Protocol):
     def list_alerts(self, call_id: str | None = None, status: str | None = None, limit: int = 100) -> list[dict]: ...
     def deliveries(self, alert_id: str) -> list[dict]: ...
     def interrupt_live(self) -> int: ...
+    def probe(self) -> None: ...  # a small real write: succeeds only when the store can write
     def purge(self, before: float) -> list[str]: ...
     def close(self) -> None: ...
 
@@ -77,6 +93,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     id INTEGER PRIMARY KEY AUTOINCREMENT, alert_id TEXT, url TEXT, event_type TEXT, attempt INTEGER,
     ok INTEGER, status_code INTEGER, error TEXT, at REAL);
 CREATE INDEX IF NOT EXISTS deliveries_alert ON deliveries(alert_id);
+CREATE TABLE IF NOT EXISTS probes (id INTEGER PRIMARY KEY, at REAL NOT NULL, pad BLOB);
 """
 
 
@@ -180,6 +197,10 @@ class SqliteRepository:
         """After a crash: calls left 'live' become 'interrupted' (a producer may resume them)."""
         return self._conn().execute("UPDATE calls SET status='interrupted' WHERE status='live'").rowcount
 
+    def probe(self) -> None:
+        """Rewrite one row with a page's worth of bytes, so the write needs free space as an event would."""
+        self._conn().execute("INSERT OR REPLACE INTO probes (id, at, pad) VALUES (1, ?, zeroblob(4096))", (time.time(),))
+
     def purge(self, before: float) -> list[str]:
         conn = self._conn()
         ids = [r[0] for r in conn.execute("SELECT call_id FROM calls WHERE started_at < ? AND status != 'live'", (before,))]
@@ -272,6 +293,8 @@ class AsyncStore:
         self.write_seconds = 0.0
         self.write_errors = 0
         self.max_batch_seen = 0
+        self.failure: str | None = None  # why the store cannot write, while it cannot
+        self._last_probe = 0.0
         self._thread = threading.Thread(target=self._run, name="calltone-store-write", daemon=True)
         self._thread.start()
         self._closed = False
@@ -296,6 +319,23 @@ class AsyncStore:
     async def read(self, fn: Callable[[Repository], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._readers, fn, self.repo)
 
+    async def probe(self) -> bool:
+        """While failed: try a real write (at most once per PROBE_EVERY_S); True once the store can write again."""
+        if self.failure is None:
+            return True
+        now = time.monotonic()
+        if now - self._last_probe < PROBE_EVERY_S:
+            return False
+        self._last_probe = now
+        try:
+            await self.write(lambda r: r.probe())
+        except Exception as exc:  # noqa: BLE001
+            log.warning("store still cannot write: %s", exc)
+            return False
+        log.warning("store can write again (it failed: %s)", self.failure)
+        self.failure = None
+        return True
+
     @property
     def pending(self) -> int:
         return self._q.qsize()
@@ -316,31 +356,44 @@ class AsyncStore:
                     break
                 batch.append(nxt)
             t0 = time.perf_counter()
-            results: list[tuple[bool, Any]] = []
-            try:
-                with self.repo.transaction():
-                    for fn, _ in batch:
-                        results.append((True, fn(self.repo)))
-            except Exception:
-                # one bad write must not take the others with it: redo them one by one
-                results = []
-                for fn, _ in batch:
-                    try:
-                        with self.repo.transaction():
-                            results.append((True, fn(self.repo)))
-                    except Exception as exc:  # noqa: BLE001
-                        log.exception("store write failed")
-                        self.write_errors += 1
-                        results.append((False, exc))
+            self._write_batch(batch)
             self.write_seconds += time.perf_counter() - t0
             self.write_batches += 1
             self.write_ops += len(batch)
             self.max_batch_seen = max(self.max_batch_seen, len(batch))
-            for (ok, value), (_, fut) in zip(results, batch):
-                if ok:
-                    fut.set_result(value)
-                else:
-                    fut.set_exception(value)
+
+    def _write_batch(self, batch: list[tuple[Callable[[Repository], Any], Future]]) -> None:
+        """One transaction for the batch; if it fails, each write on its own, its future settled before the next
+        runs (so a write can depend on an earlier one having committed: see LiveCall)."""
+        try:
+            with self.repo.transaction():
+                results = [fn(self.repo) for fn, _ in batch]
+        except Exception:  # noqa: BLE001
+            pass
+        else:
+            for value, (_, fut) in zip(results, batch):
+                fut.set_result(value)
+            return
+        for fn, fut in batch:  # one bad write must not take the others with it
+            try:
+                with self.repo.transaction():
+                    value = fn(self.repo)
+            except Exception as exc:  # noqa: BLE001
+                self._failed(exc)
+                fut.set_exception(exc)
+            else:
+                fut.set_result(value)
+
+    def _failed(self, exc: Exception) -> None:
+        self.write_errors += 1
+        if isinstance(exc, StoreUnavailable):
+            log.warning("store write refused: %s", exc)
+        elif is_storage_failure(exc):
+            if self.failure is None:
+                log.error("the store cannot write: %s", exc)
+            self.failure = str(exc) or type(exc).__name__
+        else:
+            log.error("store write failed", exc_info=exc)
 
     def close(self) -> None:
         """Finish every queued write, then stop."""
