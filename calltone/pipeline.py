@@ -81,6 +81,11 @@ class CallPipeline:
         self.emit(CallStarted(call_id=self.call_id, t=0.0, channels={r: i for i, r in enumerate(self.options.roles)},
                               language=self.options.language, agent_id=self.options.agent_id, metadata=self.options.metadata))
 
+    def set_language(self, language: str) -> None:
+        """The producer says the call's language changed (zh, en, or auto to detect it again)."""
+        if self.runtime.asr.engine.multilingual:
+            self.language.requested = language  # shared with every channel's transcriber and emotion channel
+
     @property
     def duration_s(self) -> float:
         return max((c.samples for c in self.channels.values()), default=0) / SAMPLE_RATE

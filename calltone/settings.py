@@ -71,6 +71,12 @@ class ServerSettings(BaseModel):
     subscriber_queue: int = Field(256, description="events buffered per subscriber before coalescing")
     webhooks: list[str] = Field(default_factory=list, description="URLs that receive escalation alerts (JSON POST)")
     webhook_secret: str = Field("", description="HMAC-SHA256 key for the X-Calltone-Signature header")
+    audiohook_keys: dict[str, str] = Field(default_factory=dict, description="Genesys AudioHook: API key -> base64 client "
+                                           "secret; WS /v1/audiohook refuses every upgrade while empty")
+    twilio_auth_token: str = Field("", description="Twilio account auth token: WS /v1/twilio then requires a valid "
+                                   "X-Twilio-Signature instead of a bearer token in the TwiML parameters")
+    public_url: str = Field("", description="the service's public base URL as platforms call it, e.g. "
+                            "'wss://calltone.example.com' (Twilio signs that URL); default: rebuilt from the request")
 
 
 class Settings(BaseSettings):

@@ -21,10 +21,14 @@ from fastapi import FastAPI, WebSocket
 from fastapi.openapi.utils import get_openapi
 
 from calltone.server import api, feeds, ingest, pages
+from calltone.server.audiohook import AudioHookProtocol
 from calltone.server.auth import Authenticator, ConfigError, check_bind
 from calltone.server.bus import Bus
 from calltone.server.calls import Services
-from calltone.server.ingest import Limits
+from calltone.server.native import NativeProtocol
+from calltone.server.protocol import Limits
+from calltone.server.signature import AudioHookVerifier
+from calltone.server.twilio import TwilioProtocol
 from calltone.server.metrics import Metrics
 from calltone.server.store import AsyncStore
 from calltone.server.webhooks import WebhookSender
@@ -48,6 +52,10 @@ def create_app(settings: "Settings", runtime: "Runtime | None" = None, *, limits
     (and closed at shutdown); a runtime passed in is shared and left open."""
     check_bind(settings.server.host, settings.server.tokens)
     auth = Authenticator(settings.server.tokens)
+    try:
+        audiohook = AudioHookVerifier(settings.server.audiohook_keys)  # one nonce cache per process
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     owns_runtime = runtime is None
 
     @contextlib.asynccontextmanager
@@ -102,11 +110,15 @@ def create_app(settings: "Settings", runtime: "Runtime | None" = None, *, limits
 
     @app.websocket("/v1/calls/{call_id}/audio")
     async def ws_audio(websocket: WebSocket, call_id: str) -> None:
-        await ingest.native_audio(websocket, call_id)
+        await ingest.serve(websocket, NativeProtocol(call_id, app.state.limits, settings.server.max_frame_bytes))
 
     @app.websocket("/v1/twilio")
     async def ws_twilio(websocket: WebSocket) -> None:
-        await ingest.twilio_stream(websocket)
+        await ingest.serve(websocket, TwilioProtocol(websocket, settings.server, app.state.limits))
+
+    @app.websocket("/v1/audiohook")
+    async def ws_audiohook(websocket: WebSocket) -> None:
+        await ingest.serve(websocket, AudioHookProtocol(audiohook, app.state.limits))
 
     @app.websocket("/v1/calls/{call_id}/events")
     async def ws_events(websocket: WebSocket, call_id: str, after: int = 0) -> None:
@@ -347,8 +359,16 @@ _WS_DOCS = {
     "/v1/twilio": {"get": {
         "tags": ["websocket"], "summary": "WebSocket: Twilio Media Streams (<Stream url=\"wss://host/v1/twilio\">)",
         "description": "Twilio's connected/start/media/mark/dtmf/stop messages. inbound track -> customer, outbound -> agent. "
-                       "customParameters: token, agent_id, language (zh|en|auto), call_id (default callSid). Role: ingest.",
-        "responses": {"101": {"description": "Switching Protocols"}}}},
+                       "customParameters: token, agent_id, language (zh|en|auto), call_id (default callSid). Role: ingest. "
+                       "With server.twilio_auth_token set, the upgrade must carry a valid X-Twilio-Signature (else 403).",
+        "responses": {"101": {"description": "Switching Protocols"}, "403": {"description": "bad X-Twilio-Signature"}}}},
+    "/v1/audiohook": {"get": {
+        "tags": ["websocket"], "summary": "WebSocket: Genesys Cloud AudioHook (protocol version 2)",
+        "description": "AudioHook Monitor: open/opened (8 kHz PCMU or L16; external -> customer, internal -> agent), "
+                       "ping/pong, update/updated, paused/resumed/discarded, close/closed, disconnect. The upgrade must "
+                       "carry X-API-KEY and an HTTP message signature (hmac-sha256 with the client secret of "
+                       "server.audiohook_keys); otherwise 401. The call id is the conversationId. See docs/api.md.",
+        "responses": {"101": {"description": "Switching Protocols"}, "401": {"description": "missing or bad signature"}}}},
     "/v1/calls/{call_id}/events": {"get": {
         "tags": ["websocket"], "summary": "WebSocket: one call's events (stored ones after `after`, then live)",
         "description": "Each text frame is one event (calltone.events schema) with seq and server_time. Reconnect with "

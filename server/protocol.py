@@ -8,10 +8,12 @@ code as the close reason (``docs/api.md`` has the table).
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 # error code -> websocket close code
 CLOSE_CODES: dict[str, int] = {
@@ -42,6 +44,71 @@ CLOSE_CODES: dict[str, int] = {
     "rate_limited": 4429,       # too many websocket messages per second
 }
 
+@dataclass(frozen=True)
+class Limits:
+    """What one ingest connection may send."""
+
+    messages_per_s: float = 500.0   # sustained websocket messages per second per connection
+    burst: float = 1000.0           # messages allowed in a burst
+    max_text_bytes: int = 16_384    # control/JSON message size (Twilio media messages are ~400 bytes)
+    max_json_depth: int = 8         # nesting of objects and arrays in a control message
+    max_json_nodes: int = 512       # keys plus array items in a control message
+    max_json_string: int = 1_024    # characters in a key or string value (except a protocol's bulk keys)
+    max_metadata_bytes: int = 8_192
+    twilio_max_gap_s: float = 10.0  # longest silence inserted for a gap in one Twilio track
+    forward_timeout_s: float = 10.0  # wait for call.ended to reach an "events": true producer
+
+
+_STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+_BRACKET_RE = re.compile(r"[\[\]{}]")
+
+
+def _depth(text: str) -> int:
+    """Deepest nesting of ``[``/``{`` in JSON text, not counting brackets inside strings (before parsing)."""
+    depth = deepest = 0
+    for m in _BRACKET_RE.finditer(_STRING_RE.sub("", text)):
+        depth += 1 if m.group() in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _check_shape(msg: Any, limits: Limits, bulk_keys: frozenset[str]) -> None:
+    nodes = 0
+    stack: list[tuple[Any, str | None]] = [(msg, None)]
+    while stack:
+        value, key = stack.pop()
+        if isinstance(value, dict):
+            nodes += len(value)
+            for k, v in value.items():
+                if len(k) > limits.max_json_string:
+                    raise ProtocolError("bad_json", f"a key of {len(k)} characters exceeds {limits.max_json_string}")
+                stack.append((v, k))
+        elif isinstance(value, list):
+            nodes += len(value)
+            stack.extend((v, key) for v in value)
+        elif isinstance(value, str) and len(value) > limits.max_json_string and key not in bulk_keys:
+            raise ProtocolError("bad_json", f"{key or 'a value'}: a string of {len(value)} characters exceeds "
+                                            f"{limits.max_json_string}")
+        if nodes > limits.max_json_nodes:
+            raise ProtocolError("bad_json", f"a control message may hold at most {limits.max_json_nodes} keys and items")
+
+
+def parse_control(text: str, limits: Limits, bulk_keys: frozenset[str] = frozenset()) -> dict:
+    """Parse one control message, bounded in size, depth, node count and string length before anything uses it."""
+    if len(text) > limits.max_text_bytes:
+        raise ProtocolError("frame_too_large", f"text message of {len(text)} bytes exceeds {limits.max_text_bytes}")
+    if _depth(text) > limits.max_json_depth:
+        raise ProtocolError("bad_json", f"control messages may nest at most {limits.max_json_depth} levels deep")
+    try:
+        msg = json.loads(text)
+    except (json.JSONDecodeError, ValueError) as e:
+        raise ProtocolError("bad_json", f"control messages must be JSON objects: {e}") from None
+    if not isinstance(msg, dict):
+        raise ProtocolError("bad_json", "control messages must be JSON objects")
+    _check_shape(msg, limits, bulk_keys)
+    return msg
+
+
 CALL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 
 
@@ -65,6 +132,11 @@ class ProtocolError(Exception):
         return {"type": "error", "code": self.code, "message": self.message}
 
 
+def validation_message(e: ValidationError, limit: int = 3) -> str:
+    """The first few validation errors as ``field: message; ...``."""
+    return "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors()[:limit])
+
+
 class StartMessage(BaseModel):
     """First text frame on ``WS /v1/calls/{call_id}/audio``."""
 
@@ -76,7 +148,7 @@ class StartMessage(BaseModel):
     channels: int = Field(2, ge=1, le=8)
     channel_roles: list[str] | None = Field(None, description="role of each channel; default customer, agent")
     language: Literal["zh", "en", "auto"] = "auto"
-    agent_id: str | None = Field(None, max_length=128)
+    agent_id: str | None = Field(None, pattern=CALL_ID_RE.pattern, description="letters, digits and . _ : @ -")
     metadata: dict = Field(default_factory=dict)
     events: bool = Field(False, description="also send this call's events back on this socket")
     partials: bool = Field(True, description="emit transcript.partial events")

@@ -12,7 +12,7 @@ import pytest
 from calltone.server.auth import Authenticator, ConfigError, check_bind, parse_tokens
 from calltone.server.bus import Bus, Message, SubscriberTooSlow
 from calltone.speech.g711 import ALAW_TO_INT16, ULAW_TO_INT16, alaw_encode, ulaw_encode
-from calltone.server.ingest import TrackAligner
+from calltone.server.twilio import TrackAligner
 from calltone.server.metrics import Metrics
 from calltone.pii import cn_id_ok, luhn_ok, mask_text, mask_words
 from calltone.server.store import AsyncStore
