@@ -56,7 +56,7 @@ log = logging.getLogger("calltone.server.calls")
 MIN_PUSH_SAMPLES = 640  # 40 ms at 16 kHz: smaller frames are gathered before they reach the pipeline
 SUMMARY_TYPES = ("transcript.final", "emotion.update", "escalation.raised", "escalation.cleared")
 TRANSCRIPT_TYPES = ("transcript.partial", "transcript.final")
-POSITION_EVERY_S = 1.0  # while audio flows, the resume position (call row duration_s) is stored at least this often
+POSITION_EVERY_S = 1.0  # the resume position (call row duration_s) is stored with every event and at each multiple of this
 # How a call may end without call.ended: its row is left "interrupted" and the same call id resumes it.
 RESUMABLE_ENDINGS = frozenset({"shutdown", "interrupted", "error:store_unavailable"})
 
@@ -144,7 +144,7 @@ class LiveCall:
                 raise self._write_refusal()
             return
         await self._push(audio, force)
-        if self.position_s - self._persisted >= POSITION_EVERY_S:
+        if _whole(self.position_s) > _whole(self._persisted):  # crossed a whole POSITION_EVERY_S of call time
             self._submit([])
 
     def skip(self, seconds: float) -> None:
@@ -370,6 +370,10 @@ class LiveCall:
             self.s.bus.publish("alerts", Message.of(alert.type, body))
             if self.s.webhooks is not None:
                 self.s.webhooks.send(alert.alert_id, alert.type, body)
+
+
+def _whole(t: float) -> int:
+    return math.floor(round(t, 3) / POSITION_EVERY_S)
 
 
 def new_alert_id() -> str:
