@@ -56,7 +56,8 @@ log = logging.getLogger("calltone.server.calls")
 MIN_PUSH_SAMPLES = 640  # 40 ms at 16 kHz: smaller frames are gathered before they reach the pipeline
 SUMMARY_TYPES = ("transcript.final", "emotion.update", "escalation.raised", "escalation.cleared")
 TRANSCRIPT_TYPES = ("transcript.partial", "transcript.final")
-POSITION_EVERY_S = 1.0  # the resume position (call row duration_s) is stored with every event and at each multiple of this
+# The resume position (call row duration_s) is stored with every event and at each multiple of this.
+POSITION_EVERY_S = 1.0
 # How a call may end without call.ended: its row is left "interrupted" and the same call id resumes it.
 RESUMABLE_ENDINGS = frozenset({"shutdown", "interrupted", "error:store_unavailable"})
 
