@@ -9,12 +9,31 @@ once stored by the server, ``seq`` (per-call sequence number) and ``server_time`
 
 from __future__ import annotations
 
+import hashlib
+import re
 from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, Field, TypeAdapter
 
 Grade = Literal["calm", "anxious", "angry"]
 GRADES: tuple[Grade, ...] = ("calm", "anxious", "angry")
+
+CALL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+"""Call ids (and agent ids): 1-128 characters, letters, digits and ``. _ : @ -``, starting with a letter or digit."""
+
+
+def valid_call_id(call_id: str) -> bool:
+    return bool(CALL_ID_RE.match(call_id))
+
+
+def call_id_from_name(name: str) -> str:
+    """A valid call id for a recording's name: the name itself when it is one, else its safe characters
+    plus a short hash of the name (so that two names never share an id)."""
+    if valid_call_id(name):
+        return name
+    digest = hashlib.sha1(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    safe = re.sub(r"[^A-Za-z0-9._:@-]+", "_", name).strip("_.:@-")[:100]
+    return f"{safe}-{digest}" if safe else f"call-{digest}"
 
 
 class Word(BaseModel):

@@ -35,7 +35,8 @@ from starlette.websockets import WebSocket
 from calltone.pii import mask_text
 from calltone.pipeline import PipelineOptions
 from calltone.server.ingest import Audio, Item, Language, Open, Refusal, Send, Skip, Stop, UpgradeRefused, decode
-from calltone.server.protocol import Limits, ProtocolError, valid_call_id
+from calltone.events import valid_call_id
+from calltone.server.protocol import Limits, ProtocolError
 from calltone.server.signature import AudioHookVerifier, SignatureError
 from calltone.speech.audio import StreamDecoder, StreamFormat
 

@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 from calltone.batch.output import ReportDir
 from calltone.batch.report import CallReport
 from calltone.batch.scorer import ScoreOptions, ScoringError, report_names, score_recording
+from calltone.events import call_id_from_name
 from calltone.summary import compute_summary
 
 log = logging.getLogger("calltone.server.jobs")
@@ -133,7 +134,7 @@ class JobRunner:
                 p.current_fraction = round(min(1.0, done_s / total_s), 3) if total_s else 0.0
                 p.fraction = round((p.files_done + p.current_fraction) / max(1, p.files_total), 3)
 
-            call_id = f"{names[path]}-{job.job_id[:6]}"
+            call_id = call_id_from_name(f"{names[path]}-{job.job_id[:6]}")
             try:
                 report = await score_recording(path, self.s.runtime, job.options, call_id=call_id, progress=progress,
                                                shared=True)

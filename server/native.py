@@ -23,7 +23,8 @@ from starlette.websockets import WebSocket
 
 from calltone.pipeline import PipelineOptions
 from calltone.server.ingest import Audio, Item, Open, Refusal, Send, Stop, decode
-from calltone.server.protocol import Limits, ProtocolError, StartMessage, valid_call_id, validation_message
+from calltone.events import valid_call_id
+from calltone.server.protocol import Limits, ProtocolError, StartMessage, validation_message
 from calltone.server.wsutil import require
 from calltone.speech.audio import BadChannelRoles, BadSampleRate, StreamDecoder, StreamFormat, UnsupportedEncoding
 

@@ -15,6 +15,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from calltone.events import CALL_ID_RE, valid_call_id
+
+__all__ = ["CLOSE_CODES", "AckRequest", "AlertFields", "AlertMessage", "Limits", "ProtocolError", "StartMessage",
+           "parse_control", "valid_call_id", "validation_message"]  # valid_call_id: calltone.events' rule, for the feeds
+
 # error code -> websocket close code
 CLOSE_CODES: dict[str, int] = {
     "stopped": 1000,            # normal end after {"type":"stop"} / Twilio stop / call.ended delivered
@@ -107,13 +112,6 @@ def parse_control(text: str, limits: Limits, bulk_keys: frozenset[str] = frozens
         raise ProtocolError("bad_json", "control messages must be JSON objects")
     _check_shape(msg, limits, bulk_keys)
     return msg
-
-
-CALL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
-
-
-def valid_call_id(call_id: str) -> bool:
-    return bool(CALL_ID_RE.match(call_id))
 
 
 class ProtocolError(Exception):

@@ -24,7 +24,8 @@ from starlette.websockets import WebSocket
 from calltone.pii import mask_text
 from calltone.pipeline import PipelineOptions
 from calltone.server.ingest import Audio, Item, Open, Refusal, Stop, UpgradeRefused, decode
-from calltone.server.protocol import Limits, ProtocolError, valid_call_id
+from calltone.events import valid_call_id
+from calltone.server.protocol import Limits, ProtocolError
 from calltone.server.signature import twilio_signature_valid
 from calltone.server.wsutil import require
 from calltone.speech.audio import StreamDecoder, StreamFormat

@@ -228,6 +228,12 @@ def test_audio_while_paused_or_out_of_order_seq_is_a_disconnect(server, pcmu):
         msg = c.recv()
         assert msg["type"] == "disconnect" and msg["parameters"]["reason"] == "error" and "seq" in msg["parameters"]["info"]
         assert c.close(reason="disconnect")["type"] == "closed"
+    with AudioHookClient(url(server), API_KEY, SECRET) as c:  # hostile nesting: refused before it is parsed
+        c.open(str(uuid.uuid4()))
+        assert c.ws is not None
+        c.ws.send('{"version": "2", "type": "update", "parameters": ' + '{"a": ' * 300 + "1" + "}" * 301)
+        msg = c.recv()
+        assert msg["type"] == "disconnect" and "bad_json" in msg["parameters"]["info"]
     with AudioHookClient(url(server), API_KEY, SECRET) as c:
         c.open(str(uuid.uuid4()))
         c.send("paused")

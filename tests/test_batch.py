@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from calltone.batch.report import CallReport, report_json_schema
+from calltone.events import valid_call_id
 from calltone.settings import ServerSettings, Settings
 
 from .conftest import EMOTION_SPEECH, MAKE_CALLS, REPO, require
@@ -261,6 +262,7 @@ def test_job_scores_uploads_in_the_server_and_calls_appear(server, recordings):
     assert [e["file"] for e in job["errors"]] == ["broken.wav"] and "truncated" in job["errors"][0]["error"]
     (result,) = job["results"]
     assert result["file"] == "zh-escalate.wav" and result["escalations"] >= 1 and result["language"] == "zh"
+    assert valid_call_id(result["call_id"])
     status, raw = http("GET", f"{server.http}{result['report_json']}", QA)
     report = CallReport.model_validate_json(raw)
     assert report.alerts[0].t >= truth["zh-escalate"]["escalation_onset_s"]

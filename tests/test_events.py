@@ -2,7 +2,8 @@
 
 import json
 
-from calltone.events import EmotionUpdate, Probs, TranscriptFinal, event_json_schema, parse_event
+from calltone.events import (EmotionUpdate, Probs, TranscriptFinal, call_id_from_name, event_json_schema, parse_event,
+                             valid_call_id)
 
 from .conftest import REPO
 
@@ -21,3 +22,12 @@ def test_events_round_trip_by_type():
         back = parse_event(e.model_dump_json())
         assert type(back) is type(e) and back == e
     assert parse_event({"type": "call.ended", "call_id": "c", "summary": {"duration_s": 1}}).type == "call.ended"
+
+
+def test_call_ids_from_recording_names_are_valid_and_distinct():
+    names = ["call-01", "投诉电话", "<img src=x onerror=alert(1)>", "a b", "a_b", "x" * 300]
+    ids = [call_id_from_name(n) for n in names]
+    assert all(valid_call_id(i) for i in ids), ids
+    assert ids[0] == "call-01" and ids[4] == "a_b"  # valid names are kept as they are
+    assert len(set(ids)) == len(ids)
+    assert "<" not in ids[2] and ids[2].startswith("img_src_x")

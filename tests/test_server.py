@@ -436,6 +436,12 @@ BAD_NATIVE = [
     ([start_msg(), start_msg()], "protocol_error", 1002),
     (['{"type": "stop"}'], "protocol_error", 1002),
     (["x" * 20_000], "frame_too_large", 1009),
+    # hostile control messages: bounded before anything is parsed further or stored
+    (["[" * 5000], "bad_json", 1007),
+    (['{"type": "start", "metadata": ' + '{"a": ' * 260 + "1" + "}" * 261], "bad_json", 1007),
+    ([start_msg(metadata={f"k{i}": i for i in range(600)})], "bad_json", 1007),
+    ([start_msg(metadata={"note": "x" * 2000})], "bad_json", 1007),
+    ([start_msg(agent_id="<b>a1</b>")], "invalid_start", 1007),
 ]
 
 
@@ -515,6 +521,8 @@ def test_twilio_bad_payload_and_auth(server):
 
 def test_server_still_healthy_after_bad_input(server):
     assert rest(server, "/healthz")[0] == 200
+    status, calls = rest(server, "/v1/calls", SUP)  # a refused start message leaves no call (that could break the list)
+    assert status == 200 and not [c for c in calls["calls"] if c["call_id"].startswith(("bad-bad_json", "bad-invalid_start"))]
     assert rest(server, "/readyz")[1]["ready"] is True
 
 

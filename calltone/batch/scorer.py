@@ -22,7 +22,7 @@ from typing import Callable, Iterator, Literal
 from pydantic import BaseModel, Field
 
 from calltone.batch.report import CallReport, build_report
-from calltone.events import Event
+from calltone.events import Event, call_id_from_name
 from calltone.pii import mask_transcript
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")
@@ -110,7 +110,7 @@ async def score_recording(path: Path, runtime, options: ScoreOptions, call_id: s
             mask_transcript(e)
         events.append(e)
 
-    call_id = call_id or path.stem
+    call_id = call_id or call_id_from_name(path.stem)
     pipe = CallPipeline(call_id, runtime, pipe_options, collect)
     duration = rec.duration_s
     await feed_recording(pipe, audio, block_s=0.5, progress=(lambda s: progress(s, duration)) if progress else None,
