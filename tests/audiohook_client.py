@@ -107,15 +107,17 @@ class AudioHookClient:
         assert opened["clientseq"] == self.seq
         return opened
 
-    def audio(self, pcmu: bytes, *, channels: int = 2, frame_ms: int = 200, realtime: float = 0.0) -> None:
-        """Stream interleaved PCMU in ``frame_ms`` frames (``realtime`` 1.0 paces them at real time)."""
+    def audio(self, data: bytes, *, channels: int = 2, bytes_per_sample: int = 1, frame_ms: int = 200,
+              realtime: float = 0.0) -> None:
+        """Stream interleaved PCMU (or L16: 2 bytes per sample) in ``frame_ms`` frames
+        (``realtime`` 1.0 paces them at real time)."""
         assert self.ws is not None
-        step = 8 * frame_ms * channels
+        step = 8 * frame_ms * channels * bytes_per_sample
         t0, sent0 = time.monotonic(), self.samples
-        for i in range(0, len(pcmu), step):
-            frame = pcmu[i : i + step]
+        for i in range(0, len(data), step):
+            frame = data[i : i + step]
             self.ws.send(frame)
-            self.samples += len(frame) // channels
+            self.samples += len(frame) // (channels * bytes_per_sample)
             if realtime:
                 delay = t0 + (self.samples - sent0) / 8000 / realtime - time.monotonic()
                 if delay > 0:

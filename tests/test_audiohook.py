@@ -165,6 +165,23 @@ def test_media_negotiation_echoes_one_offer(server):
         assert c.close(reason="disconnect")["type"] == "closed"
 
 
+def test_l16_call_and_a_language_update(server):
+    """L16 (16-bit little-endian) audio is transcribed; update changes the call's language from then on."""
+    x, sr = sf.read(str(require(SPEECH / "stereo_diarization.wav")), dtype="float32", always_2d=True)
+    l16 = (np.clip(soxr.resample(x, sr, 8000), -1, 1) * 32767).astype("<i2").tobytes()
+    conv = str(uuid.uuid4())
+    offer = {**STEREO, "format": "L16"}
+    with AudioHookClient(url(server), API_KEY, SECRET) as c:
+        assert c.open(conv, media=[offer], language="en-US")["parameters"]["media"] == [offer]
+        c.audio(l16, bytes_per_sample=2)
+        c.send("update", {"language": "zh-CN"})
+        assert c.recv()["type"] == "updated"
+        c.close()
+    evs = events(server, conv)
+    assert evs[0]["language"] == "en" and evs[-1]["summary"]["language"] == "zh"
+    assert any(e["type"] == "transcript.final" and "horizon" in e["text"].lower() for e in evs), evs
+
+
 def test_stereo_call_in_real_time(server, pcmu):
     """200 ms frames at real time: transcripts and the customer's grades on the call's feed; close ends the call."""
     conv = str(uuid.uuid4())
