@@ -71,6 +71,10 @@ class ServerSettings(BaseModel):
     subscriber_queue: int = Field(256, description="events buffered per subscriber before coalescing")
     webhooks: list[str] = Field(default_factory=list, description="URLs that receive escalation alerts (JSON POST)")
     webhook_secret: str = Field("", description="HMAC-SHA256 key for the X-Calltone-Signature header")
+    allowed_origins: list[str] = Field(default_factory=list, description="browser origins besides the service's own that may "
+                                       "open websockets and send POSTs, e.g. ['https://crm.example.com'] (docs/security.md)")
+    trusted_proxies: list[str] = Field(default_factory=list, description="addresses/CIDRs of reverse proxies whose "
+                                       "X-Forwarded-Proto/-For are believed, e.g. ['127.0.0.1'] (docs/security.md)")
     audiohook_keys: dict[str, str] = Field(default_factory=dict, description="Genesys AudioHook: API key -> base64 client "
                                            "secret; WS /v1/audiohook refuses every upgrade while empty")
     twilio_auth_token: str = Field("", description="Twilio account auth token: WS /v1/twilio then requires a valid "

@@ -12,12 +12,13 @@ from datetime import datetime
 from typing import Callable, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from fastapi.responses import FileResponse, PlainTextResponse
+from fastapi.responses import FileResponse, PlainTextResponse, RedirectResponse
 from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from calltone.batch.scorer import ScoreOptions, find_recordings
-from calltone.server.auth import REPORT_COOKIE, Principal
+from calltone.server.auth import (REPORT_COOKIE, REPORT_COOKIE_TTL_S, REPORT_LINK_TTL_S, WS_SCOPE, WS_TICKET_TTL_S,
+                                   Authenticator, Principal, report_link_scope, report_scope)
 from calltone.server.bus import Message
 from calltone.server.calls import Services
 from calltone.server.jobs import Job, JobRunner
@@ -34,17 +35,39 @@ def _services(request: Request) -> Services:
     return request.app.state.services
 
 
-def principal(permission: str, cookie: bool = False) -> Callable[[Request], Principal]:
+def _checked(p: Principal | None, permission: str | None) -> Principal:
+    if p is None:
+        raise HTTPException(401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+    if permission is not None and not p.can(permission):
+        raise HTTPException(403, f"role {p.role!r} may not do this")
+    return p
+
+
+def principal(permission: str | None) -> Callable[[Request], Principal]:
+    """REST: the ``Authorization: Bearer`` header only (a credential in the URL would be logged); ``None``: any role."""
     def dep(request: Request) -> Principal:
-        auth = request.app.state.auth
-        p = auth.lookup(auth.token_from(request.headers, request.query_params, request.cookies if cookie else None))
-        if p is None:
-            raise HTTPException(401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
-        if not p.can(permission):
-            raise HTTPException(403, f"role {p.role!r} may not do this")
-        return p
+        auth: Authenticator = request.app.state.auth
+        return _checked(auth.lookup(auth.bearer(request.headers)), permission)
 
     return dep
+
+
+class WsTicket(BaseModel):
+    ticket: str = Field(description="open a websocket with ?ticket=<ticket>; valid once, for expires_in seconds")
+    expires_in: int
+
+
+class ReportLink(BaseModel):
+    url: str = Field(description="open in a browser once, within expires_in seconds; it sets a cookie valid for this "
+                                 "job's reports only")
+    expires_in: int
+
+
+@router.post("/v1/ws-ticket", response_model=WsTicket, tags=["auth"],
+             summary="Trade the bearer token for a single-use websocket ticket (browsers: no token in URLs)")
+async def ws_ticket(request: Request, who: Principal = Depends(principal(None))) -> WsTicket:
+    ticket = request.app.state.auth.tickets.issue(who, WS_SCOPE, WS_TICKET_TTL_S)
+    return WsTicket(ticket=ticket, expires_in=int(WS_TICKET_TTL_S))
 
 
 # --------------------------------------------------------------------------- models
@@ -139,10 +162,11 @@ async def get_call(call_id: str, request: Request, who: Principal = Depends(prin
         return r.get_call(call_id), r.events(call_id, 0), r.list_alerts(call_id=call_id, limit=1000)
 
     row, events, alerts = await s.store.read(load)
-    if row is None:
+    access = who.call_access(row is not None, row["agent_id"] if row is not None else None)
+    if access == "not_found":
         raise HTTPException(404, f"no call {call_id}")
-    if not who.can_see_call(row["agent_id"]):
-        raise HTTPException(403, "this call belongs to another agent")
+    if access == "forbidden":  # the same answer for another agent's call and an unknown id
+        raise HTTPException(403, f"call {call_id} is not one of your calls")
     decoded = [json.loads(body) for _, _, body in events]
     summary = row.get("summary")
     if summary is None:  # live or interrupted: summarise what is stored so far
@@ -321,14 +345,33 @@ async def get_job(job_id: str, request: Request, who: Principal = Depends(princi
     return job
 
 
-@router.get("/v1/jobs/{job_id}/reports/{path:path}", tags=["jobs"], summary="A job's report files (index.html, <call>.html/.json, summary.csv)")
-async def job_report(job_id: str, path: str, request: Request, who: Principal = Depends(principal("score", cookie=True))):
+@router.post("/v1/jobs/{job_id}/report-link", response_model=ReportLink, tags=["jobs"],
+             summary="A link that opens the job's reports in a browser (single use; sets a cookie for this job only)")
+async def report_link(job_id: str, request: Request, who: Principal = Depends(principal("score"))) -> ReportLink:
+    if job_id not in _jobs(request).jobs:
+        raise HTTPException(404, f"no job {job_id}")
+    ticket = request.app.state.auth.tickets.issue(who, report_link_scope(job_id), REPORT_LINK_TTL_S)
+    return ReportLink(url=f"/v1/jobs/{job_id}/reports/index.html?ticket={ticket}", expires_in=int(REPORT_LINK_TTL_S))
+
+
+@router.get("/v1/jobs/{job_id}/reports/{path:path}", tags=["jobs"],
+            summary="A job's report files (index.html, <call>.html/.json, summary.csv): bearer header or report cookie")
+async def job_report(job_id: str, path: str, request: Request):
+    auth: Authenticator = request.app.state.auth
+    link = request.query_params.get("ticket")
+    linked = auth.tickets.redeem(link, report_link_scope(job_id)) if link else None
+    if linked is not None and linked.can("score"):
+        # a report link: trade its single-use ticket for a cookie scoped to this job, and drop it from the address bar
+        response = RedirectResponse(request.url.path, status_code=303)
+        cookie = auth.tickets.issue(linked, report_scope(job_id), REPORT_COOKIE_TTL_S, single_use=False)
+        response.set_cookie(REPORT_COOKIE, cookie, max_age=int(REPORT_COOKIE_TTL_S), path=f"/v1/jobs/{job_id}/reports",
+                            httponly=True, samesite="lax", secure=request.url.scheme == "https")
+        return response
+    cookie = request.cookies.get(REPORT_COOKIE)
+    _checked(auth.lookup(auth.bearer(request.headers)) or (auth.tickets.redeem(cookie, report_scope(job_id)) if cookie else None),
+             "score")
     root = (_jobs(request).dir(job_id) / "reports").resolve()
     target = (root / path).resolve()
     if not target.is_relative_to(root) or not target.is_file():
         raise HTTPException(404, f"no report file {path!r} in job {job_id}")
-    response = FileResponse(target)
-    token = request.query_params.get("token")
-    if token:  # the report pages link to each other and to assets/ by relative URLs
-        response.set_cookie(REPORT_COOKIE, token, httponly=True, samesite="strict", path=f"/v1/jobs/{job_id}/reports")
-    return response
+    return FileResponse(target)

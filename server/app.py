@@ -20,7 +20,7 @@ import uvicorn
 from fastapi import FastAPI, WebSocket
 from fastapi.openapi.utils import get_openapi
 
-from calltone.server import api, feeds, ingest, pages
+from calltone.server import api, feeds, ingest, pages, security
 from calltone.server.audiohook import AudioHookProtocol
 from calltone.server.auth import Authenticator, ConfigError, check_bind
 from calltone.server.bus import Bus
@@ -98,7 +98,7 @@ def create_app(settings: "Settings", runtime: "Runtime | None" = None, *, limits
             if owns_runtime and s.runtime is not None:
                 await asyncio.to_thread(s.runtime.close)
 
-    app = FastAPI(title="calltone", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="calltone", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,  # /docs: pages.py
                   description="Live call transcription and emotion grading. Websocket endpoints are listed with the "
                               "`websocket` tag; see docs/api.md for their protocols and close codes.")
     app.state.auth = auth
@@ -106,7 +106,8 @@ def create_app(settings: "Settings", runtime: "Runtime | None" = None, *, limits
     app.state.settings = settings
     app.state.demo_tokens = {}
     app.include_router(api.router)
-    pages.install(app)  # /agent, /supervisor, /qa and /static
+    pages.install(app)  # /agent, /supervisor, /qa, /docs and /static
+    security.install(app, settings, auth)  # origin checks, security headers, credentials scrubbed from the logs
 
     @app.websocket("/v1/calls/{call_id}/audio")
     async def ws_audio(websocket: WebSocket, call_id: str) -> None:
@@ -238,7 +239,8 @@ class Server(uvicorn.Server):
 def uvicorn_config(app: FastAPI, settings: "Settings", **kw) -> uvicorn.Config:
     opts = dict(host=settings.server.host, port=settings.server.port, lifespan="on", log_level="info",
                 ws_max_size=max(1 << 20, 2 * settings.server.max_frame_bytes), ws_ping_interval=20.0, ws_ping_timeout=20.0,
-                proxy_headers=False, server_header=False)
+                proxy_headers=bool(settings.server.trusted_proxies),
+                forwarded_allow_ips=",".join(settings.server.trusted_proxies) or None, server_header=False)
     opts.update(kw)
     return uvicorn.Config(app, **opts)
 
@@ -354,7 +356,8 @@ _WS_DOCS = {
                        "then a close code (1002, 1003, 1007, 1008, 1009, 1011, 1013, 4409, 4429; see docs/api.md). "
                        "Role: ingest or admin.",
         "parameters": [{"name": "call_id", "in": "path", "required": True, "schema": {"type": "string"}},
-                       {"name": "token", "in": "query", "required": False, "schema": {"type": "string"}}],
+                       {"name": "ticket", "in": "query", "required": False, "schema": {"type": "string"},
+                        "description": "single-use ticket from POST /v1/ws-ticket (or send Authorization: Bearer)"}],
         "responses": {"101": {"description": "Switching Protocols"}}}},
     "/v1/twilio": {"get": {
         "tags": ["websocket"], "summary": "WebSocket: Twilio Media Streams (<Stream url=\"wss://host/v1/twilio\">)",
@@ -376,7 +379,8 @@ _WS_DOCS = {
                        "client falls too far behind. Roles: agent (own calls), supervisor, qa, admin.",
         "parameters": [{"name": "call_id", "in": "path", "required": True, "schema": {"type": "string"}},
                        {"name": "after", "in": "query", "required": False, "schema": {"type": "integer", "default": 0}},
-                       {"name": "token", "in": "query", "required": False, "schema": {"type": "string"}}],
+                       {"name": "ticket", "in": "query", "required": False, "schema": {"type": "string"},
+                        "description": "single-use ticket from POST /v1/ws-ticket (or send Authorization: Bearer)"}],
         "responses": {"101": {"description": "Switching Protocols"}}}},
     "/v1/alerts": {"get": {
         "tags": ["websocket"], "summary": "WebSocket: supervisor alert feed (all calls)",

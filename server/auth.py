@@ -1,9 +1,14 @@
-"""Bearer-token authentication and the role matrix.
+"""Bearer tokens, short-lived tickets and the role matrix.
 
 ``settings.server.tokens`` maps a token to ``role`` or ``role:id`` (for agents the id
 is their agent id; for other roles it names the person, e.g. ``supervisor:maria``).
-Tokens arrive in ``Authorization: Bearer <token>`` or, for browsers and websockets,
-``?token=<token>`` (Twilio: ``customParameters.token``).
+API and ingest clients send ``Authorization: Bearer <token>`` (Twilio, which cannot
+send headers: ``customParameters.token``).  Browsers never put the token in a URL:
+a page trades it (``POST /v1/ws-ticket``) for a single-use *ticket* that lives 30 s
+and opens the websocket with ``?ticket=``; batch reports are opened with a
+single-use link ticket that becomes a cookie holding a ticket valid only for that
+job's reports.  ``?token=`` on a websocket still works for old clients (deprecated;
+the access log scrubs it, see :mod:`calltone.server.security`).
 
 With no tokens configured the service runs in *dev mode*: every request is ``admin``.
 :func:`check_bind` refuses dev mode on anything but a loopback address.
@@ -13,11 +18,23 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
+import secrets
+import threading
+import time
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Iterable, Literal, Mapping
+
+log = logging.getLogger("calltone.server.auth")
 
 ROLES = ("ingest", "agent", "supervisor", "qa", "admin")
-REPORT_COOKIE = "calltone_reports"  # set on /v1/jobs/*/reports/ so that report pages' relative links carry the token
+REPORT_COOKIE = "calltone_reports"  # set on /v1/jobs/*/reports/: a ticket valid only for that job's reports
+TICKET_PREFIX = "tkt_"  # tickets are told from tokens by this prefix (configured tokens may not start with it)
+WS_SCOPE = "ws"  # scope of the tickets that open websockets
+WS_TICKET_TTL_S = 30.0
+REPORT_LINK_TTL_S = 300.0  # a report link (?ticket=) must be opened within 5 minutes, once
+REPORT_COOKIE_TTL_S = 8 * 3600.0
+MAX_TICKETS = 10_000  # outstanding tickets kept; the oldest go first
 
 # permission -> roles that hold it
 PERMISSIONS: dict[str, frozenset[str]] = {
@@ -60,8 +77,64 @@ class Principal:
             return bool(self.ident) and call_agent_id == self.ident
         return True
 
+    def call_access(self, exists: bool, call_agent_id: str | None) -> Literal["ok", "not_found", "forbidden"]:
+        """How to answer a request for one call.  An agent gets ``forbidden`` both for another agent's call
+        and for an id that does not exist, so that call ids cannot be probed; other readers see every call."""
+        if exists and self.can_see_call(call_agent_id):
+            return "ok"
+        return "not_found" if self.can("read_calls") and self.role != "agent" else "forbidden"
+
 
 DEV_PRINCIPAL = Principal("admin", "dev", dev=True)
+
+
+def report_scope(job_id: str) -> str:
+    """Scope of the cookie ticket that reads one job's reports."""
+    return f"reports:{job_id}"
+
+
+def report_link_scope(job_id: str) -> str:
+    """Scope of the single-use ticket in a report link (traded for the cookie)."""
+    return f"report-link:{job_id}"
+
+
+@dataclass(frozen=True)
+class Ticket:
+    principal: Principal
+    scope: str
+    expires: float  # time.monotonic()
+    single_use: bool
+
+
+class TicketBook:
+    """Tickets issued to holders of a bearer token, in memory (a restart forgets them: pages fetch new ones)."""
+
+    def __init__(self, max_tickets: int = MAX_TICKETS) -> None:
+        self._tickets: dict[str, Ticket] = {}
+        self._max = max_tickets
+        self._lock = threading.Lock()  # REST dependencies run in FastAPI's thread pool
+
+    def issue(self, principal: Principal, scope: str, ttl_s: float, single_use: bool = True) -> str:
+        ticket = TICKET_PREFIX + secrets.token_urlsafe(24)
+        now = time.monotonic()
+        with self._lock:
+            for key in [k for k, t in self._tickets.items() if t.expires <= now]:
+                del self._tickets[key]
+            while len(self._tickets) >= self._max:
+                del self._tickets[next(iter(self._tickets))]
+            self._tickets[ticket] = Ticket(principal, scope, now + ttl_s, single_use)
+        return ticket
+
+    def redeem(self, ticket: str, scope: str) -> Principal | None:
+        """The ticket's principal if it is known, unexpired and for ``scope``; a single-use ticket is spent."""
+        with self._lock:
+            found = self._tickets.get(ticket)
+            if found is None or found.scope != scope:
+                return None
+            expired = found.expires <= time.monotonic()
+            if expired or found.single_use:
+                del self._tickets[ticket]
+            return None if expired else found.principal
 
 
 def parse_tokens(tokens: Mapping[str, str]) -> dict[str, Principal]:
@@ -69,6 +142,8 @@ def parse_tokens(tokens: Mapping[str, str]) -> dict[str, Principal]:
     for token, spec in tokens.items():
         if not token or len(token) < 8:
             raise ConfigError("every server token must be at least 8 characters long")
+        if token.startswith(TICKET_PREFIX):
+            raise ConfigError(f"server tokens may not start with {TICKET_PREFIX!r} (the prefix of tickets)")
         role, _, ident = str(spec).partition(":")
         role = role.strip().lower()
         if role not in ROLES:
@@ -100,17 +175,22 @@ def check_bind(host: str, tokens: Mapping[str, str]) -> None:
 class Authenticator:
     def __init__(self, tokens: Mapping[str, str]) -> None:
         self._tokens = parse_tokens(tokens)
+        self.tickets = TicketBook()
+        self._warned_url_token = False
 
     @property
     def dev_mode(self) -> bool:
         return not self._tokens
 
-    def lookup(self, token: str | None) -> Principal | None:
-        """The principal for a token (constant-time compare), DEV_PRINCIPAL in dev mode, else None."""
+    def lookup(self, token: str | None, scope: str | None = None) -> Principal | None:
+        """The principal for a bearer token (constant-time compare) or, when ``scope`` is given, for a ticket
+        issued for that scope (single-use tickets are spent); DEV_PRINCIPAL in dev mode; else None."""
         if self.dev_mode:
             return DEV_PRINCIPAL
         if not token:
             return None
+        if token.startswith(TICKET_PREFIX):
+            return self.tickets.redeem(token, scope) if scope else None
         found = None
         for known, principal in self._tokens.items():
             if hmac.compare_digest(known.encode(), token.encode()):
@@ -118,13 +198,22 @@ class Authenticator:
         return found
 
     @staticmethod
-    def token_from(headers: Mapping[str, str], query: Mapping[str, str],
-                   cookies: Mapping[str, str] | None = None) -> str | None:
-        auth = headers.get("authorization") or ""
-        scheme, _, value = auth.partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            return value.strip()
-        return query.get("token") or (cookies or {}).get(REPORT_COOKIE) or None
+    def bearer(headers: Mapping[str, str]) -> str | None:
+        """The token of an ``Authorization: Bearer`` header."""
+        scheme, _, value = (headers.get("authorization") or "").partition(" ")
+        return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+    @staticmethod
+    def token_from(headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:
+        """A websocket's credential: the bearer header, ``?ticket=``, or ``?token=`` (deprecated)."""
+        return Authenticator.bearer(headers) or query.get("ticket") or query.get("token") or None
+
+    def warn_url_token(self) -> None:
+        """Log once that a client still sends its bearer token in a URL."""
+        if not self._warned_url_token:
+            self._warned_url_token = True
+            log.warning("a client sent its bearer token in a URL (?token=); use the Authorization header or a ticket "
+                        "(POST /v1/ws-ticket) instead: URLs end up in proxy logs (docs/security.md)")
 
     def roles(self) -> Iterable[Principal]:
         return self._tokens.values()

@@ -49,7 +49,7 @@ def demo_banner(settings: "Settings", tokens: dict[str, str]) -> str:
 
     def page(path: str, role: str) -> str:
         token = next((t for spec, t in by_role.items() if spec.split(":")[0] == role), None)
-        return f"{http}{path}" + (f"?token={token}" if token else "")
+        return f"{http}{path}" + (f"#token={token}" if token else "")  # a fragment never reaches a server or its logs
 
     lines = ["", "calltone demo: the sample calls stream in a loop (demo-zh-N, demo-en-N)", "",
              f"  agent desktop   {page('/agent', 'agent')}",
@@ -58,7 +58,8 @@ def demo_banner(settings: "Settings", tokens: dict[str, str]) -> str:
              f"  API docs        {http}/docs", f"  health          {http}/healthz   ready: {http}/readyz",
              f"  calls           {http}/v1/calls", f"  metrics         {http}/metrics",
              f"  call events     {ws}/v1/calls/<call_id>/events?after=0", f"  alert feed      {ws}/v1/alerts",
-             "", "  tokens (send as 'Authorization: Bearer <token>' or ?token=<token>):"]
+             "                  (websockets: the Authorization header, or ?ticket= from POST /v1/ws-ticket)",
+             "", "  tokens (API clients: 'Authorization: Bearer <token>'; browsers: the #token= links above):"]
     for spec, token in sorted(by_role.items()):
         lines.append(f"    {spec:<28} {token}")
     lines.append("")

@@ -24,11 +24,12 @@ async def call_events(ws: WebSocket, call_id: str, after: int = 0) -> None:
             raise ProtocolError("bad_call_id", "invalid call id")
         live = s.registry.live.get(call_id)
         row = await s.store.read(lambda r: r.get_call(call_id))
-        if live is None and row is None:
+        agent_id = live.agent_id if live is not None else row["agent_id"] if row is not None else None
+        access = principal.call_access(live is not None or row is not None, agent_id)
+        if access == "not_found":
             raise ProtocolError("not_found", f"no call {call_id}")
-        agent_id = live.agent_id if live is not None else row["agent_id"]
-        if not principal.can_see_call(agent_id):
-            raise ProtocolError("forbidden", "this call belongs to another agent")
+        if access == "forbidden":  # the same answer for another agent's call and an unknown id
+            raise ProtocolError("forbidden", f"call {call_id} is not one of your calls")
         # Subscribe BEFORE reading the store: anything published from now on is queued,
         # anything published before is already stored (events are stored, then published).
         with s.bus.subscribe(f"call:{call_id}") as sub:

@@ -1,9 +1,13 @@
-"""The web pages served by the service itself: agent desktop, supervisor console, QA.
+"""The web pages served by the service itself: agent desktop, supervisor console, QA, and /docs.
 
-Plain HTML + ES modules from ``server/static`` (no build step); the one chart library
-(uPlot, pinned in ``web/package.json``) is vendored in ``static/vendor`` by ``make web``.
-Pages hold no data of their own: they read the REST API and the websockets with the
-token given as ``?token=`` (kept in sessionStorage) or typed into the page.
+Plain HTML + ES modules from ``server/static`` (no build step); the browser libraries
+(uPlot for charts, Swagger UI for ``/docs``; pinned in ``web/package.json``) are vendored
+in ``static/vendor`` by ``make web``.  Pages hold no data of their own: they read the
+REST API with the bearer token and open websockets with single-use tickets
+(``POST /v1/ws-ticket``).  The token reaches a page in the URL *fragment*
+(``/agent#token=...``, which browsers never send to a server) or is typed into the
+page; either way it is kept in sessionStorage.  Security headers (CSP, frame and
+sniffing rules) come from :mod:`calltone.server.security` for every HTML response.
 """
 
 from __future__ import annotations
@@ -15,10 +19,8 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 STATIC = Path(__file__).resolve().parent / "static"
-PAGES = {"/": "index.html", "/agent": "agent.html", "/supervisor": "supervisor.html", "/qa": "qa.html"}
-_HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
-            "Content-Security-Policy": "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
-                                       "style-src 'self' 'unsafe-inline'; media-src 'self' blob:; frame-ancestors 'self'"}
+PAGES = {"/": "index.html", "/agent": "agent.html", "/supervisor": "supervisor.html", "/qa": "qa.html", "/docs": "docs.html"}
+_HEADERS = {"Cache-Control": "no-cache"}
 
 router = APIRouter(include_in_schema=False)
 

@@ -10,7 +10,7 @@ from typing import Awaitable
 
 from starlette.websockets import WebSocket, WebSocketState
 
-from calltone.server.auth import Principal
+from calltone.server.auth import WS_SCOPE, Principal
 from calltone.server.calls import Services
 from calltone.server.protocol import ProtocolError
 
@@ -22,14 +22,18 @@ def services(ws: WebSocket) -> Services:
 
 
 def ws_principal(ws: WebSocket, token: str | None = None) -> Principal | None:
+    """Who opened ``ws``: ``token`` if given, else the Authorization header or a ticket (``?ticket=``)."""
     auth = ws.app.state.auth
-    return auth.lookup(token or auth.token_from(ws.headers, ws.query_params))
+    if "token" in ws.query_params:
+        auth.warn_url_token()
+    return auth.lookup(token or auth.token_from(ws.headers, ws.query_params), scope=WS_SCOPE)
 
 
 def require(ws: WebSocket, permission: str, token: str | None = None) -> Principal:
     principal = ws_principal(ws, token)
     if principal is None:
-        raise ProtocolError("unauthorized", "a valid bearer token is required (Authorization header or ?token=)")
+        raise ProtocolError("unauthorized", "a valid bearer token (Authorization header) or ticket (?ticket= from "
+                                            "POST /v1/ws-ticket) is required")
     if not principal.can(permission):
         raise ProtocolError("forbidden", f"role {principal.role!r} may not use this endpoint")
     return principal

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from calltone.server.app import ServerThread, create_app
+from calltone.server.demo import demo_banner
 from calltone.speech.audio import encode_pcm
 from calltone.settings import ServerSettings, Settings
 
@@ -110,7 +111,7 @@ class Streamer(threading.Thread):
         from calltone.server.replay import read_audio
 
         self.audio, self.rate = read_audio(path)
-        self.url = f"{srv.ws}/v1/calls/{call_id}/audio?token={INGEST}"
+        self.url = f"{srv.ws}/v1/calls/{call_id}/audio"
         self.agent_id = agent_id
         self.stop_now = threading.Event()
         self.ended = threading.Event()
@@ -121,7 +122,7 @@ class Streamer(threading.Thread):
         from websockets.sync.client import connect
 
         try:
-            with connect(self.url, max_size=None) as ws:
+            with connect(self.url, max_size=None, additional_headers={"Authorization": f"Bearer {INGEST}"}) as ws:
                 ws.send(json.dumps({"type": "start", "sample_rate": self.rate, "encoding": "mulaw", "channels": 2,
                                     "channel_roles": ["customer", "agent"], "language": "en", "agent_id": self.agent_id}))
                 assert json.loads(ws.recv(timeout=30))["type"] == "started"
@@ -150,6 +151,13 @@ class Streamer(threading.Thread):
         self.stop_now.set()
         assert self.ended.wait(timeout), "the call did not end"
         assert self.error is None, self.error
+
+
+def banner_url(srv, path: str) -> str:
+    """The page URL that `calltone serve --demo` (`make run`) prints, with its #token= fragment, for this server."""
+    s = Settings()
+    s.server = ServerSettings(port=srv.port, tokens=dict(TOKENS))
+    return next(line.split()[-1] for line in demo_banner(s, dict(TOKENS)).splitlines() if f"{path}#token=" in line)
 
 
 def until(fn, timeout: float, what: str, every: float = 0.25):
@@ -199,20 +207,23 @@ def test_sign_in_and_language(server, browser):
     page.context.close()
 
     zh = new_page(browser, locale="zh-CN")
-    zh.goto(f"{server.http}/agent?token={AGENT}")
+    zh.goto(banner_url(server, "/agent"))  # the URL `make run` prints: the token rides in the fragment
     zh.wait_for_selector("[data-testid=waiting]", timeout=10_000)
     assert zh.locator("header h1").inner_text() == "坐席工作台"
     assert "token=" not in zh.url  # the token is moved out of the address bar
+    assert zh.evaluate("sessionStorage.getItem('calltone.token')") == AGENT
     assert not zh.errors, zh.errors
     zh.context.close()
 
 
 def test_live_call_in_agent_supervisor_and_qa_pages(server, browser, escalate_call):
     agent = new_page(browser)
-    agent.goto(f"{server.http}/agent?token={AGENT}")
+    sockets: list[str] = []
+    agent.on("websocket", lambda ws: sockets.append(ws.url))
+    agent.goto(f"{server.http}/agent#token={AGENT}")
     agent.wait_for_selector("[data-testid=waiting]", timeout=10_000)
     sup = new_page(browser)
-    sup.goto(f"{server.http}/supervisor?token={SUP}")
+    sup.goto(banner_url(server, "/supervisor"))
     sup.wait_for_selector("[data-testid=wallboard]", timeout=10_000)
 
     streamer = Streamer(server, escalate_call, CALL_ID)
@@ -258,6 +269,9 @@ def test_live_call_in_agent_supervisor_and_qa_pages(server, browser, escalate_ca
     assert status == 200 and call["status"] == "ended"
     seqs = agent.eval_on_selector_all("[data-testid=transcript] .line:not(.partial)", "els => els.map(e => +e.dataset.seq)")
     assert sorted(seqs) == sorted(x["seq"] for x in call["transcript"]), "agent page lost or repeated transcript lines"
+    # every websocket (first connect and reconnect) opened with its own single-use ticket, never the token
+    assert len(sockets) >= 2 and len(set(sockets)) == len(sockets), sockets
+    assert all("ticket=tkt_" in u and "token" not in u and AGENT not in u for u in sockets), sockets
     assert not agent.locator("[data-testid=transcript] .line.partial").count()
     # a customer line's badge is the grade the utterance got when it was scored (an update up to 1 s before its end)
     lines = agent.eval_on_selector_all("[data-testid=transcript] .line.customer:not(.partial)",
@@ -283,7 +297,7 @@ def test_live_call_in_agent_supervisor_and_qa_pages(server, browser, escalate_ca
 
     # QA: the call is listed (filter: escalated), its page renders the timeline, graded transcript and metrics
     qa = new_page(browser)
-    qa.goto(f"{server.http}/qa?token={QA}&escalated=true")
+    qa.goto(f"{server.http}/qa?escalated=true#token={QA}")
     qa.wait_for_selector(f"[data-testid=calls] tr[data-call='{CALL_ID}']", timeout=10_000)
     qa.click(f"[data-testid=calls] tr[data-call='{CALL_ID}'] a")
     qa.wait_for_selector("[data-testid=timeline] canvas", timeout=10_000)

@@ -1,4 +1,7 @@
 // Shared by every page: language, token, REST and websocket helpers, grade badges, formatting.
+// The bearer token never goes into a URL the server sees: it arrives in the fragment (#token=, which browsers do
+// not send) or the sign-in dialog, lives in sessionStorage, goes out as the Authorization header, and websockets
+// open with a single-use ticket (POST /v1/ws-ticket).
 import { STRINGS } from "./i18n.js";
 
 // ------------------------------------------------------------------ language
@@ -45,13 +48,15 @@ export function applyStatic(root = document) {
 
 const TOKEN_KEY = "calltone.token";
 
+/** A token given as `#token=...` (the URLs `calltone serve --demo` prints) moves into sessionStorage. */
 export function takeTokenFromUrl() {
-  const u = new URL(location.href);
-  const tok = u.searchParams.get("token");
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  const tok = fragment.get("token");
   if (tok) {
     sessionStorage.setItem(TOKEN_KEY, tok);
-    u.searchParams.delete("token");
-    history.replaceState(null, "", u.pathname + u.search + u.hash); // keep the token out of history and screenshots
+    fragment.delete("token");
+    const rest = fragment.toString();
+    history.replaceState(null, "", location.pathname + location.search + (rest ? `#${rest}` : "")); // out of history and screenshots
   }
 }
 
@@ -113,12 +118,14 @@ export async function api(path, { method = "GET", body } = {}) {
   throw new AuthError("not signed in");
 }
 
-export function wsUrl(path, params = {}) {
+/** Open a websocket on this server with a fresh single-use ticket (asks for a token on 401, like api()). */
+export async function openSocket(path, params = {}) {
+  const { ticket } = await api("/v1/ws-ticket", { method: "POST" });
   const u = new URL(path, location.href);
   u.protocol = location.protocol === "https:" ? "wss:" : "ws:";
   for (const [k, v] of Object.entries(params)) u.searchParams.set(k, v);
-  if (token()) u.searchParams.set("token", token());
-  return u.toString();
+  u.searchParams.set("ticket", ticket);
+  return new WebSocket(u);
 }
 
 // ------------------------------------------------------------------ live call events
@@ -144,11 +151,20 @@ export class CallFeed {
 
   start() { this.connect(); return this; }
 
-  connect() {
+  async connect() {
     if (this.stopped) return;
     this.onState(this.connects ? "reconnecting" : "connecting");
     this.connects++;
-    const ws = new WebSocket(wsUrl(`/v1/calls/${encodeURIComponent(this.callId)}/events`, { after: this.lastSeq }));
+    this.lastError = null;
+    let ws;
+    try {
+      ws = await openSocket(`/v1/calls/${encodeURIComponent(this.callId)}/events`, { after: this.lastSeq });
+    } catch (e) {
+      if (e instanceof HttpError && e.status === 403) { this.onState("forbidden"); return; }
+      this.retryLater();
+      return;
+    }
+    if (this.stopped) { ws.close(1000); return; }
     this.ws = ws;
     ws.onopen = () => { this.retries = 0; if (!this.ended) this.onState("live"); };
     ws.onmessage = (m) => {
@@ -167,15 +183,15 @@ export class CallFeed {
       this.ws = null;
       if (this.ended) { this.onState("ended"); return; }
       if (e.code === 4404 || this.lastError === "not_found") { this.onState("not_found"); return; }
-      if (e.code === 1008) {
-        this.onState("forbidden");
-        if (this.lastError === "unauthorized") askToken(true).then(() => this.connect());
-        return;
-      }
-      this.onState("reconnecting");
-      const delay = Math.min(5000, 300 * 2 ** this.retries++);
-      this.timer = setTimeout(() => this.connect(), delay);
+      if (e.code === 1008 && this.lastError !== "unauthorized") { this.onState("forbidden"); return; }
+      this.retryLater(); // dropped, or a ticket that expired on the way: a new ticket next time
     };
+  }
+
+  retryLater() {
+    this.onState("reconnecting");
+    const delay = Math.min(5000, 300 * 2 ** this.retries++);
+    this.timer = setTimeout(() => this.connect(), delay);
   }
 
   /** Drop the connection as a network failure would (used by tests); the feed reconnects. */

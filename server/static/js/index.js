@@ -1,4 +1,4 @@
-// Landing page: links to the three pages (the token, if given as ?token=, is kept for them).
+// Landing page: links to the three pages (a token given as #token= is kept for them in sessionStorage).
 import { boot, el, t, onLangChange } from "./common.js";
 
 boot("app");

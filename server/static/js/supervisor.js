@@ -1,5 +1,5 @@
 // Supervisor console: live calls by risk, the alert feed (ack / barge in), follow a call live.
-import { CallFeed, GRADE_RANK, api, askToken, boot, el, fmtClock, fmtTime, fmtTrend, gradeBadge, onLangChange, t, wsUrl } from "./common.js";
+import { CallFeed, GRADE_RANK, HttpError, api, boot, el, fmtClock, fmtTime, fmtTrend, gradeBadge, onLangChange, openSocket, t } from "./common.js";
 import { CallView } from "./callview.js";
 
 boot("supervisor_title");
@@ -147,8 +147,16 @@ function renderAlerts() {
 }
 
 let alertRetry = 0;
-function connectAlerts() {
-  const ws = new WebSocket(wsUrl("/v1/alerts"));
+const retryAlerts = () => setTimeout(connectAlerts, Math.min(5000, 300 * 2 ** alertRetry++));
+async function connectAlerts() {
+  let ws;
+  try {
+    ws = await openSocket("/v1/alerts");
+  } catch (e) {
+    if (e instanceof HttpError && e.status === 403) alertList.replaceChildren(el("p", { class: "error" }, t("forbidden")));
+    else retryAlerts();
+    return;
+  }
   let lastError = null;
   ws.onopen = () => { alertRetry = 0; };
   ws.onmessage = (m) => {
@@ -163,9 +171,8 @@ function connectAlerts() {
     renderBoard();
   };
   ws.onclose = (e) => {
-    if (e.code === 1008 && lastError === "unauthorized") { askToken(true).then(connectAlerts); return; }
-    if (e.code === 1008) { alertList.replaceChildren(el("p", { class: "error" }, t("forbidden"))); return; }
-    setTimeout(connectAlerts, Math.min(5000, 300 * 2 ** alertRetry++));
+    if (e.code === 1008 && lastError !== "unauthorized") { alertList.replaceChildren(el("p", { class: "error" }, t("forbidden"))); return; }
+    retryAlerts(); // dropped, or a ticket that expired on the way: a new ticket next time
   };
 }
 
