@@ -22,6 +22,7 @@ from calltone.server.auth import (REPORT_COOKIE, REPORT_COOKIE_TTL_S, REPORT_LIN
 from calltone.server.bus import Message
 from calltone.server.calls import Services
 from calltone.server.jobs import Job, JobRunner
+from calltone.server.metrics import CONTENT_TYPE
 from calltone.server.protocol import AckRequest, AlertFields, AlertMessage
 from calltone.summary import compute_summary, timeline
 
@@ -222,7 +223,7 @@ async def ack_alert(alert_id: str, body: AckRequest, request: Request,
     msg = AlertMessage(type="alert.acked", **{k: v for k, v in row.items() if k in AlertMessage.model_fields and k != "type"})
     payload = msg.model_dump_json()
     s.bus.publish("alerts", Message.of("alert.acked", payload))
-    s.metrics.alerts.inc(1, "alert.acked")
+    s.metrics.alerts.labels("alert.acked").inc()
     if s.webhooks is not None:
         s.webhooks.send(alert_id, "alert.acked", payload)
     return AlertInfo(**row)
@@ -255,7 +256,7 @@ async def readyz(request: Request):
 
 @router.get("/metrics", response_class=PlainTextResponse, tags=["operations"], summary="Prometheus metrics")
 async def metrics(request: Request, who: Principal = Depends(principal("metrics"))) -> PlainTextResponse:
-    return PlainTextResponse(_services(request).metrics.render(), media_type="text/plain; version=0.0.4")
+    return PlainTextResponse(_services(request).metrics.render(), media_type=CONTENT_TYPE)
 
 
 # --------------------------------------------------------------------------- QA scoring jobs

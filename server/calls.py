@@ -173,7 +173,7 @@ class LiveCall:
                 self._pending[role].append(x)
                 self._pending_n[role] += len(x)
                 self._received[role] += len(x)
-                self.s.metrics.audio_seconds.inc(len(x) / SAMPLE_RATE, role)
+                self.s.metrics.audio_seconds.labels(role).inc(len(x) / SAMPLE_RATE)
             if self._pending_n[role] and (force or self._pending_n[role] >= MIN_PUSH_SAMPLES):
                 parts = self._pending[role]
                 ready[role] = parts[0] if len(parts) == 1 else np.concatenate(parts)
@@ -217,7 +217,7 @@ class LiveCall:
         finally:
             if self.keeper is not None:
                 self.keeper.close()
-            self.s.metrics.calls_ended.inc(1, how)
+            self.s.metrics.calls_ended.labels(how).inc()
             self.s.registry._remove(self)
 
     async def _leave_interrupted(self) -> None:
@@ -252,7 +252,7 @@ class LiveCall:
         if typ == "call.ended" and self._suppress_end:
             return
         if self.store_error is not None:  # nothing after a lost write is stored or published: no seq gaps
-            self.s.metrics.events_not_stored.inc(1, typ)
+            self.s.metrics.events_not_stored.labels(typ).inc()
             return
         local_end = getattr(ev, "end", None) if typ in TRANSCRIPT_TYPES else ev.t
         arrival = self._arrival(channel, local_end) if channel and local_end is not None else None
@@ -322,7 +322,7 @@ class LiveCall:
 
     def _mask(self, ev: Any) -> None:
         for k in mask_transcript(ev):
-            self.s.metrics.pii_masked.inc(1, k)
+            self.s.metrics.pii_masked.labels(k).inc()
 
     def _store_ops(self, ev: Any, typ: str, body: str, now: float) -> tuple[list, AlertMessage | None]:
         call_id = self.call_id
@@ -358,15 +358,15 @@ class LiveCall:
                    emitted: float) -> None:
         m = self.s.metrics
         if exc is not None:  # not stored, so not published
-            m.events_not_stored.inc(1, msg.type)
+            m.events_not_stored.labels(msg.type).inc()
             return
         m.store_latency.observe(time.perf_counter() - emitted)
-        m.events.inc(1, msg.type)
+        m.events.labels(msg.type).inc()
         if arrival is not None and msg.type in ("transcript.final", "transcript.partial", "emotion.update"):
-            m.event_latency.observe(max(0.0, time.monotonic() - arrival), msg.type)
+            m.event_latency.labels(msg.type).observe(max(0.0, time.monotonic() - arrival))
         self.s.bus.publish(f"call:{self.call_id}", msg)
         if alert is not None:
-            m.alerts.inc(1, alert.type)
+            m.alerts.labels(alert.type).inc()
             body = alert.model_dump_json()
             self.s.bus.publish("alerts", Message.of(alert.type, body))
             if self.s.webhooks is not None:

@@ -241,7 +241,7 @@ class IngestSession:
     async def refuse(self, err: ProtocolError) -> None:
         if self.forwarder is not None:
             self.forwarder.cancel()
-        self.s.metrics.ingest_errors.inc(1, err.code)
+        self.s.metrics.ingest_errors.labels(err.code).inc()
         refusal = self.proto.refusal(err)
         if self.ws.application_state != WebSocketState.CONNECTED:
             return
@@ -313,7 +313,7 @@ async def serve(ws: WebSocket, proto: WireProtocol) -> None:
     try:
         proto.handshake(ws)
     except UpgradeRefused as e:
-        services(ws).metrics.ingest_errors.inc(1, "upgrade_refused")
+        services(ws).metrics.ingest_errors.labels("upgrade_refused").inc()
         await ws.send_denial_response(PlainTextResponse(e.reason, status_code=e.status))
         return
     await ws.accept()

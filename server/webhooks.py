@@ -79,7 +79,7 @@ class WebhookSender:
             except Exception as exc:  # noqa: BLE001 - network errors of every kind are retried
                 error = f"{type(exc).__name__}: {exc}"[:500]
             ok = status is not None and 200 <= status < 300
-            self.metrics.webhooks.inc(1, "ok" if ok else "failed")
+            self.metrics.webhooks.labels("ok" if ok else "failed").inc()
             await self.store.write(lambda r, a=attempt, s=status, e=error, o=ok:
                                    r.log_delivery(alert_id, url, event_type, a, o, s, e))
             if ok:

@@ -42,7 +42,7 @@ def require(ws: WebSocket, permission: str, token: str | None = None) -> Princip
 async def refuse(ws: WebSocket, err: ProtocolError, *, json_frame: bool = True) -> None:
     """Send the error frame (unless told not to), then close with the error's code; never raises."""
     try:
-        services(ws).metrics.ingest_errors.inc(1, err.code)
+        services(ws).metrics.ingest_errors.labels(err.code).inc()
     except Exception:
         pass
     if ws.client_state != WebSocketState.CONNECTED or ws.application_state != WebSocketState.CONNECTED:

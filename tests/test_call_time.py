@@ -80,7 +80,7 @@ def test_interrupted_end_is_resumable(server):
     assert call["duration_s"] == pytest.approx(2.0, abs=1e-3)
     stored = read_events(server, "vanish-1", until="never", timeout=2)
     assert stored and "call.ended" not in {e["type"] for e in stored}
-    assert server.services.metrics.calls_ended.value("interrupted") >= 1
+    assert server.services.metrics.value("calltone_calls_ended_total", how="interrupted") >= 1
     with connect(ws_url(server, "/v1/calls/vanish-1/audio", INGEST), max_size=None) as ws:
         ws.send(start_msg(events=True))
         started = json.loads(ws.recv(timeout=10))

