@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 BIN := $(VENV)/bin
 
-.PHONY: run test bench samples clean web
+.PHONY: run test bench samples screenshots clean web
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.test-installed
 	$(PY) -m pytest
+
+# the README's page screenshots (docs/screenshots/*.png), taken by the page tests in Chromium
+screenshots: $(VENV)/.test-installed
+	CALLTONE_SCREENSHOTS=docs $(PY) -m pytest tests/test_pages.py
 
 bench: $(VENV)/.test-installed
 	$(PY) bench/asr.py

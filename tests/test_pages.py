@@ -1,7 +1,8 @@
 """The web pages in a real browser (Debian's Chromium driven by Playwright) against a real
 server on loopback with the real model, while a composed escalating call streams in at
 real time: the agent desktop follows the call, the supervisor acknowledges the alert, QA
-reviews the call.  Screenshots go to test-output/pages/ and docs/screenshots/."""
+reviews the call.  Screenshots go to test-output/pages/; `make screenshots` (which sets
+CALLTONE_SCREENSHOTS=docs) also copies them into docs/screenshots/, which tests never touch."""
 
 from __future__ import annotations
 
@@ -87,7 +88,7 @@ def shot(page, name: str, docs: bool = True) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / f"{name}.png"
     page.screenshot(path=str(path), full_page=False)
-    if docs:
+    if docs and os.environ.get("CALLTONE_SCREENSHOTS") == "docs":
         DOCS_SHOTS.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, DOCS_SHOTS / f"{name}.png")
 
