@@ -129,6 +129,36 @@ def cut_repeated_phrase(tokens: list, min_period: int = 5, max_period: int = 40)
     return tokens[:best]
 
 
+def whole_characters(tok, tokens: list[int]) -> list[int]:
+    """``tokens`` without the trailing ones that hold only part of a character.  Whisper's byte-level
+    BPE spreads a character over several tokens (many Chinese ones over 2 or 3 of their 3 UTF-8 bytes), so
+    a token list cut anywhere (the length budget, a repetition cut) can end inside one, and decoding
+    it would end in U+FFFD.  Every decode's text and words come from the tokens kept here."""
+    end = len(tokens)
+    while end and tok.decode(tokens[:end]).endswith("\ufffd"):
+        end -= 1
+    return tokens[:end]
+
+
+def repeats_prompt(text: str, prompt: str) -> bool:
+    """Whether ``text`` is nothing but (a part of) ``prompt``, ignoring case, spaces and punctuation:
+    what Whisper decodes from an unclear utterance when conditioned on the previous one's text."""
+    said = _letters(text)
+    return bool(said) and said in _letters(prompt)
+
+
+def _letters(text: str) -> str:
+    return "".join(c for c in text.casefold() if c.isalnum())
+
+
+@dataclass
+class _Hypothesis:
+    tokens: list[int]  # text tokens, cut (see _generate)
+    text: str
+    avg_logprob: float
+    no_speech_prob: float
+
+
 class WhisperEngine:
     """One Whisper model, loaded once; decodes batches of utterances (thread-confined)."""
 
@@ -216,66 +246,17 @@ class WhisperEngine:
         feats = np.stack([self.features(r.audio, window) for r in batch])
         enc = self.encode(feats)
         enc_np = np.asarray(enc)  # a view of the encoder output (language ids, alignment, embeddings)
-        languages = [r.language if self.multilingual else "en" for r in batch]
-        unknown = [k for k, lang in enumerate(languages) if lang is None]
-        if unknown:  # one detection pass; requests of one language_group share the longest one's answer
-            leader: dict[object, int] = {}
-            for k in unknown:
-                key = batch[k].language_group or ("request", k)
-                if key not in leader or len(batch[k].audio) > len(batch[leader[key]].audio):
-                    leader[key] = k
-            ks = list(leader.values())
-            ranked = self._ct2.detect_language(ctranslate2.StorageView.from_array(np.ascontiguousarray(enc_np[ks])))
-            found = {key: r[0][0][2:-2] for key, r in zip(leader, ranked)}
-            for k in unknown:
-                languages[k] = found[batch[k].language_group or ("request", k)]
-        prompts = []
-        max_len = 0
-        # previous-text context, cut to one length: CTranslate2 needs <|startoftranscript|> at the same position
-        contexts = [self.tokenizer(lang).encode(" " + r.previous_text.strip()) if r.previous_text.strip() else []
-                    for r, lang in zip(batch, languages)]
-        keep = min(64, min(len(c) for c in contexts))
-        for r, lang, context in zip(batch, languages, contexts):
-            tok = self.tokenizer(lang)
-            context = context[len(context) - keep :] if keep else []
-            prompts.append(([tok.sot_prev] + context if context else []) + list(tok.sot_sequence) + [tok.no_timestamps])
-            budget = 8 + int(math.ceil(len(r.audio) / SAMPLE_RATE * options.tokens_per_second))
-            max_len = max(max_len, len(prompts[-1]) + budget)
-        gen = self._ct2.generate(
-            enc,
-            prompts,
-            beam_size=beam,
-            max_length=min(MAX_TOKENS, max_len),
-            return_scores=True,
-            return_no_speech_prob=True,
-            suppress_blank=True,
-            suppress_tokens=[-1],
-        )
-        out: list[DecodeResult] = []
-        align_jobs: list[tuple[int, list[int]]] = []
-        for k, (r, lang, g) in enumerate(zip(batch, languages, gen)):
-            tokens = [t for t in g.sequences_ids[0] if t < self.tokenizer(lang).eot]
-            tokens = cut_repetition(tokens)
-            if r.packed_parts <= 1:  # in a packed decode a phrase may rightly come back in the next utterance
-                tokens = cut_repeated_phrase(tokens)
-            tok = self.tokenizer(lang)
-            text = tok.decode(tokens).strip()
-            seq_len = len(g.sequences_ids[0])
-            avg_logprob = float(g.scores[0]) * seq_len / (seq_len + 1) if seq_len else -10.0
-            cr = compression_ratio(text) if text else 0.0
-            res = DecodeResult(text=text, language=lang, avg_logprob=avg_logprob, no_speech_prob=float(g.no_speech_prob),
-                               compression_ratio=cr, window_s=window)
-            if not text:
-                res.dropped = "empty"
-            elif res.no_speech_prob > options.no_speech_threshold and avg_logprob < options.logprob_threshold:
-                res.dropped = "no speech"
-            elif cr > options.compression_ratio_threshold:
-                res.dropped = "garbled (repetitive)"
-            if res.dropped:
-                res.text = ""
-            elif r.word_timestamps and options.word_timestamps:
-                align_jobs.append((k, tokens))
-            out.append(res)
+        languages = self._languages(batch, enc_np)
+        hyps = self._generate(enc, batch, languages, beam, options, context=True)
+        again = [k for k, (r, lang, h) in enumerate(zip(batch, languages, hyps)) if self._copies_prompt(r, lang, h)]
+        if again:  # conditioned on the previous final, the decoder copied it (unclear audio): decode those without it
+            sub = ctranslate2.StorageView.from_array(np.ascontiguousarray(enc_np[again]))
+            redo = self._generate(sub, [batch[k] for k in again], [languages[k] for k in again], beam, options, context=False)
+            for k, h in zip(again, redo):
+                hyps[k] = h
+        out = [self._result(lang, h, window, options) for lang, h in zip(languages, hyps)]
+        align_jobs = [(k, h.tokens) for k, (r, h, res) in enumerate(zip(batch, hyps, out))
+                      if not res.dropped and r.word_timestamps and options.word_timestamps]
         if align_jobs:
             self._align(enc_np, batch, languages, out, align_jobs)
         if any(r.embed for r in batch):
@@ -292,6 +273,77 @@ class WhisperEngine:
                 for w in res.words:
                     w.word = self.to_simplified(w.word)
         return out
+
+    def _languages(self, batch: list[DecodeRequest], enc_np: np.ndarray) -> list[str]:
+        """Each request's language: given, or detected from the encoder output (one detection pass;
+        requests of one language_group share the longest one's answer)."""
+        import ctranslate2
+
+        languages = [r.language if self.multilingual else "en" for r in batch]
+        unknown = [k for k, lang in enumerate(languages) if lang is None]
+        if unknown:
+            leader: dict[object, int] = {}
+            for k in unknown:
+                key = batch[k].language_group or ("request", k)
+                if key not in leader or len(batch[k].audio) > len(batch[leader[key]].audio):
+                    leader[key] = k
+            ks = list(leader.values())
+            ranked = self._ct2.detect_language(ctranslate2.StorageView.from_array(np.ascontiguousarray(enc_np[ks])))
+            found = {key: r[0][0][2:-2] for key, r in zip(leader, ranked)}
+            for k in unknown:
+                languages[k] = found[batch[k].language_group or ("request", k)]
+        return languages
+
+    def _generate(self, enc, batch: list[DecodeRequest], languages: list[str], beam: int, options: DecodeOptions,
+                  context: bool) -> list[_Hypothesis]:
+        """Greedy/beam decoding of encoder output ``enc`` (one row per request), conditioned on each
+        request's previous text when ``context``; loops and repeated phrases cut, whole characters kept."""
+        # previous-text context, cut to one length: CTranslate2 needs <|startoftranscript|> at the same position
+        contexts = [self.tokenizer(lang).encode(" " + r.previous_text.strip()) if context and r.previous_text.strip() else []
+                    for r, lang in zip(batch, languages)]
+        keep = min(64, min(len(c) for c in contexts))
+        prompts, max_len = [], 0
+        for r, lang, ctx in zip(batch, languages, contexts):
+            tok = self.tokenizer(lang)
+            ctx = ctx[len(ctx) - keep :] if keep else []
+            prompts.append(([tok.sot_prev] + ctx if ctx else []) + list(tok.sot_sequence) + [tok.no_timestamps])
+            budget = 8 + int(math.ceil(len(r.audio) / SAMPLE_RATE * options.tokens_per_second))
+            max_len = max(max_len, len(prompts[-1]) + budget)
+        gen = self._ct2.generate(enc, prompts, beam_size=beam, max_length=min(MAX_TOKENS, max_len), return_scores=True,
+                                 return_no_speech_prob=True, suppress_blank=True, suppress_tokens=[-1])
+        hyps = []
+        for r, lang, g in zip(batch, languages, gen):
+            tok = self.tokenizer(lang)
+            tokens = cut_repetition([t for t in g.sequences_ids[0] if t < tok.eot])
+            if r.packed_parts <= 1:  # in a packed decode a phrase may rightly come back in the next utterance
+                tokens = cut_repeated_phrase(tokens)
+            tokens = whole_characters(tok, tokens)  # the budget or a cut may have stopped inside a character
+            seq_len = len(g.sequences_ids[0])
+            avg_logprob = float(g.scores[0]) * seq_len / (seq_len + 1) if seq_len else -10.0
+            hyps.append(_Hypothesis(tokens, tok.decode(tokens).strip(), avg_logprob, float(g.no_speech_prob)))
+        return hyps
+
+    def _copies_prompt(self, request: DecodeRequest, language: str, hyp: _Hypothesis) -> bool:
+        if not request.previous_text.strip():
+            return False
+        text = self.to_simplified(hyp.text) if language == "zh" else hyp.text  # finals (the prompts) are simplified
+        return repeats_prompt(text, request.previous_text)
+
+    @staticmethod
+    def _result(language: str, hyp: _Hypothesis, window: float, options: DecodeOptions) -> DecodeResult:
+        """The result of one hypothesis; its text dropped when it looks like no speech or a loop."""
+        cr = compression_ratio(hyp.text) if hyp.text else 0.0
+        res = DecodeResult(text=hyp.text, language=language, avg_logprob=hyp.avg_logprob, no_speech_prob=hyp.no_speech_prob,
+                           compression_ratio=cr, window_s=window)
+        if not hyp.text:
+            res.dropped = "empty"
+        elif res.no_speech_prob > options.no_speech_threshold and hyp.avg_logprob < options.logprob_threshold:
+            res.dropped = "no speech"
+        elif cr > options.compression_ratio_threshold:
+            res.dropped = "garbled (repetitive)"
+        if res.dropped:
+            res.text = ""
+        return res
 
     def _align(self, enc_np: np.ndarray, batch, languages, out, jobs) -> None:
         import ctranslate2
