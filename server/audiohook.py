@@ -51,6 +51,7 @@ PROBE_ID = "00000000-0000-0000-0000-000000000000"
 ROLES = {"external": "customer", "internal": "agent"}
 FORMATS = {"PCMU": "mulaw", "L16": "pcm_s16le"}  # L16 as the reference implementation reads it: host (little-endian) order
 CHANNEL_SETS = ({"external", "internal"}, {"external"}, {"internal"})
+SUPPORTED_LANGUAGES = ("zh-CN", "en-US")  # what opened.supportedLanguages lists (zh-* and en-* are all accepted)
 CLIENT_TYPES = ("open", "ping", "update", "paused", "resumed", "discarded", "error", "close")
 _DURATION = re.compile(r"^PT(?:(\d+)H)?(?:(\d+)M)?(?:(\d*\.?\d+)S)?$")
 
@@ -94,6 +95,7 @@ class AudioHookProtocol:
         self.seq = 0               # last server message sent
         self.client_seq = 0        # last client message processed
         self.probe = False
+        self.list_languages = False  # the client asked for supportedLanguages in open
         self.media: dict | None = None
         self.decoder: StreamDecoder | None = None
 
@@ -143,6 +145,8 @@ class AudioHookProtocol:
 
     def text(self, msg: dict) -> list[Item]:
         if self.state == "failed":  # after a disconnect only the client's close matters
+            if isinstance(msg.get("seq"), int):
+                self.client_seq = msg["seq"]  # closed answers it: its clientseq is this message's seq
             return [Stop()] if msg.get("type") == "close" else []
         params = self._check_envelope(msg)
         typ = msg["type"]
@@ -178,6 +182,7 @@ class AudioHookProtocol:
         self.probe = conversation_id == PROBE_ID
         self.media = choose_media(params.get("media"))
         self.state = "active"
+        self.list_languages = params.get("supportedLanguages") is True
         if self.probe:
             return [Send(self._opened())]
         if self.media is None:
@@ -209,7 +214,10 @@ class AudioHookProtocol:
                                agent_id=str(agent_id) if agent_id is not None else None, metadata=metadata)
 
     def _opened(self) -> dict:
-        return self._message("opened", {"media": [self.media] if self.media else [], "startPaused": False})
+        params: dict = {"media": [self.media] if self.media else [], "startPaused": False}
+        if self.list_languages:
+            params["supportedLanguages"] = list(SUPPORTED_LANGUAGES)
+        return self._message("opened", params)
 
     def binary(self, data: bytes) -> list[Item]:
         if self.state != "active":

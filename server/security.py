@@ -143,11 +143,25 @@ def scrub(text: str) -> str:
     return _CREDENTIAL_RE.sub(lambda m: f"{m.group(1)}=[redacted]", text)
 
 
+class DropDenialNoise(logging.Filter):
+    """uvicorn (0.54, both websocket implementations) logs "ASGI callable returned without completing
+    handshake." at ERROR after every upgrade refused with an HTTP response (``websocket.http.response``):
+    a 401 for a bad AudioHook signature, a 403 for a forged Twilio signature or a foreign Origin.  Every
+    calltone websocket endpoint either accepts or sends such a response, so the line is noise that would
+    page whoever alerts on ERRORs; the refusal itself is logged (and counted in /metrics) by calltone."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "ASGI callable returned without completing handshake."
+
+
 def install_log_scrubber() -> None:
     for name in SCRUBBED_LOGGERS:
         logger = logging.getLogger(name)
         if not any(isinstance(f, ScrubCredentials) for f in logger.filters):
             logger.addFilter(ScrubCredentials())
+    error_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, DropDenialNoise) for f in error_log.filters):
+        error_log.addFilter(DropDenialNoise())
 
 
 def install(app: "FastAPI", settings: "Settings", auth: "Authenticator") -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import time
 import uuid
 
@@ -125,6 +126,37 @@ def test_bad_upgrades_are_refused_with_401_and_make_no_call(server, case):
     assert call_row(server, conv)[0] == 404
 
 
+class Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.levelname} {record.getMessage()}")
+
+
+def test_refused_upgrades_log_no_error(server):
+    """uvicorn logs an ERROR after every HTTP-refused upgrade; calltone drops that noise (and logs the refusal)."""
+    logs = Collect()
+    for name in ("uvicorn.error", "calltone.server.audiohook"):
+        logging.getLogger(name).addHandler(logs)
+    try:
+        headers = signed_headers(url(server), API_KEY, base64.b64encode(b"wrong").decode(), org_id=str(uuid.uuid4()),
+                                 session_id=str(uuid.uuid4()), correlation_id=str(uuid.uuid4()))
+        assert refused_status(server, headers) == 401
+        deadline = time.monotonic() + 10
+        while not any("refused" in line for line in logs.lines) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        quiet_until = time.monotonic() + 1.0  # uvicorn would log its line just after the response has gone
+        while not any(line.startswith("ERROR") for line in logs.lines) and time.monotonic() < quiet_until:
+            time.sleep(0.05)
+    finally:
+        for name in ("uvicorn.error", "calltone.server.audiohook"):
+            logging.getLogger(name).removeHandler(logs)
+    assert any(line.startswith("WARNING AudioHook upgrade refused") for line in logs.lines), logs.lines
+    assert not [line for line in logs.lines if line.startswith("ERROR")], logs.lines
+
+
 def test_replayed_nonce_is_refused(server):
     headers = signed_headers(url(server), API_KEY, SECRET, org_id="d7934305-0972-4844-938e-9060eef73d05",
                              session_id=str(uuid.uuid4()), correlation_id=str(uuid.uuid4()))
@@ -162,7 +194,14 @@ def test_media_negotiation_echoes_one_offer(server):
         msg = c.recv()
         assert msg["type"] == "disconnect" and msg["parameters"]["reason"] == "error"
         assert "8 kHz" in msg["parameters"]["info"]
-        assert c.close(reason="disconnect")["type"] == "closed"
+        closed = c.close(reason="disconnect")
+        assert closed["type"] == "closed" and closed["clientseq"] == c.seq
+    with AudioHookClient(url(server), API_KEY, SECRET) as c:  # the client asks which languages calltone takes
+        c.send("open", {"organizationId": c.org_id, "conversationId": str(uuid.uuid4()), "participant": {},
+                        "media": [STEREO], "supportedLanguages": True})
+        opened = c.recv()
+        assert opened["type"] == "opened" and {"zh-CN", "en-US"} <= set(opened["parameters"]["supportedLanguages"])
+        assert c.close()["type"] == "closed"
 
 
 def test_l16_call_and_a_language_update(server):
