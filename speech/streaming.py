@@ -19,6 +19,7 @@ queued at once, would depend on timing): a recording scores the same every time.
 from __future__ import annotations
 
 import asyncio
+import logging
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
@@ -30,6 +31,8 @@ from calltone.settings import AsrSettings
 from calltone.speech.asr import DecodeRequest, DecodeResult
 from calltone.speech.vad import SpeechSegment, StreamingVad
 from calltone.speech.worker import AsrWorker
+
+log = logging.getLogger("calltone.speech.streaming")
 
 SAMPLE_RATE = 16000
 
@@ -184,17 +187,34 @@ class ChannelTranscriber:
 
     async def _emit_final(self, seg: SpeechSegment, audio: np.ndarray, future, previous: asyncio.Task | None,
                           views: list[tuple[float, float, np.ndarray]]) -> None:
-        result: DecodeResult = await future
+        """One utterance's final, after the one before it.  A decode that fails costs that utterance's text
+        only: it is logged, the voice is still graded (without the embedding), and later finals go on."""
+        try:
+            result: DecodeResult | None = await future
+        except Exception:  # noqa: BLE001 - e.g. the decoder ran out of memory
+            log.exception("call %s, %s: decoding the utterance at %.2f-%.2f s failed; its text is lost",
+                          self.call_id, self.channel, seg.start, seg.end)
+            result = None
         if previous is not None:
-            await previous  # keep finals in order
-        self.language.observe(result, seg.duration)
-        if result.text:
-            self._emit_final_text(seg, result)
+            await previous  # keep finals in order (a chain task never raises: see _deliver_final)
+        try:
+            self._deliver_final(seg, audio, result, views)
+        except Exception:  # noqa: BLE001 - a bad event must not stop the channel's later finals
+            log.exception("call %s, %s: delivering the final at %.2f s failed", self.call_id, self.channel, seg.end)
+
+    def _deliver_final(self, seg: SpeechSegment, audio: np.ndarray, result: DecodeResult | None,
+                       views: list[tuple[float, float, np.ndarray]]) -> None:
+        if result is not None:
+            self.language.observe(result, seg.duration)
+            if result.text:
+                self._emit_final_text(seg, result)
         if self.listener is not None:
             for start, end, view in views:  # batch: the views a live call would have graded during the utterance
-                self.listener(view, start, end, result.embedding_between(start - seg.start, end - seg.start), False)
-            result.embedding_frames = None
-            self.listener(audio, seg.start, seg.end, result.embedding, True)
+                embedding = result.embedding_between(start - seg.start, end - seg.start) if result is not None else None
+                self.listener(view, start, end, embedding, False)
+            if result is not None:
+                result.embedding_frames = None
+            self.listener(audio, seg.start, seg.end, result.embedding if result is not None else None, True)
 
     def _emit_final_text(self, seg: SpeechSegment, result: DecodeResult) -> None:
         self._previous_text = result.text

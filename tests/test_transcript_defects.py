@@ -12,6 +12,7 @@ import asyncio
 import csv
 import subprocess
 import sys
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from calltone.pipeline import PipelineOptions, run_recording
 from calltone.speech.asr import SAMPLE_RATE, DecodeOptions, DecodeRequest, repeats_prompt
 from calltone.speech.audio import load_recording
 from calltone.speech.packing import pack, unpack
+from calltone.speech.streaming import CallLanguage, ChannelTranscriber
 from calltone.speech.vad import SpeechSegment, StreamingVad
 
 from .conftest import EMOTION_SPEECH, MAKE_CALLS, REPO, require
@@ -119,3 +121,45 @@ def test_agent_line_not_transcribed_twice_when_streamed(runtime):
     assert len(finals) >= 5 and any("everything" in f.text for f in finals), [f.text for f in finals]
     for before, after in zip(finals, finals[1:]):
         assert not repeats_prompt(after.text, before.text), (before.start, before.text, after.start, after.text)
+
+
+class FailFirstFinal:
+    """The runtime's real ASR worker, except that the first final decode fails, as a decoder error
+    (out of memory, a broken model file) would."""
+
+    def __init__(self, worker) -> None:
+        self.worker = worker
+        self.failed = False
+
+    def submit(self, stream_id: str, request: DecodeRequest, final: bool, background: bool = False) -> Future:
+        if final and not self.failed:
+            self.failed = True
+            broken: Future = Future()
+            broken.set_exception(RuntimeError("decoder failed"))
+            return broken
+        return self.worker.submit(stream_id, request, final, background)
+
+
+def _channel_finals(runtime, audio: np.ndarray, worker) -> list[TranscriptFinal]:
+    events: list = []
+
+    async def run() -> None:
+        vad = StreamingVad(runtime.settings.vad, runtime.vad_model)
+        tr = ChannelTranscriber("fail", "agent", worker, runtime.cpu, vad, CallLanguage("en"), runtime.settings.asr,
+                                events.append, partials=False)
+        for i in range(0, len(audio), SAMPLE_RATE // 2):
+            await tr.push(audio[i : i + SAMPLE_RATE // 2])
+        await tr.finish()
+
+    asyncio.run(run())
+    return [e for e in events if isinstance(e, TranscriptFinal)]
+
+
+def test_a_failed_decode_loses_only_its_own_utterance(runtime):
+    """Each final waits for the one before it; a decode that fails must not take every later final with it."""
+    agent = load_recording(require(DEMO_EN)).channels["agent"]
+    clean = _channel_finals(runtime, agent, runtime.asr)
+    broken = _channel_finals(runtime, agent, FailFirstFinal(runtime.asr))
+    assert len(clean) >= 4
+    # every later utterance still has its final (its text may differ a little: its context is gone)
+    assert [f.start for f in broken] == [f.start for f in clean[1:]] and all(f.text for f in broken)
