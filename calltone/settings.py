@@ -69,6 +69,9 @@ class ServerSettings(BaseModel):
     tokens: dict[str, str] = Field(default_factory=dict, description="bearer token -> role[:agent_id], e.g. {'s3cr3t': 'agent:a42'}")
     max_frame_bytes: int = Field(64_000, description="largest binary audio frame accepted")
     subscriber_queue: int = Field(256, description="events buffered per subscriber before coalescing")
+    bus_url: str = Field("", description="Redis Streams bus shared by many nodes, e.g. 'redis://127.0.0.1:6379/0' "
+                         "(the `scaleout` extra); unset: the in-process bus")
+    bus_ttl_s: float = Field(300.0, gt=0, description="Redis bus: seconds a call's stream is kept after call.ended")
     webhooks: list[str] = Field(default_factory=list, description="URLs that receive escalation alerts (JSON POST)")
     webhook_secret: str = Field("", description="HMAC-SHA256 key for the X-Calltone-Signature header")
     allowed_origins: list[str] = Field(default_factory=list, description="browser origins besides the service's own that may "

@@ -23,7 +23,7 @@ from fastapi.openapi.utils import get_openapi
 from calltone.server import api, feeds, ingest, pages, security
 from calltone.server.audiohook import AudioHookProtocol
 from calltone.server.auth import Authenticator, ConfigError, check_bind
-from calltone.server.bus import Bus
+from calltone.server.bus import create_bus
 from calltone.server.calls import Services
 from calltone.server.native import NativeProtocol
 from calltone.server.protocol import Limits
@@ -64,7 +64,9 @@ def create_app(settings: "Settings", runtime: "Runtime | None" = None, *, limits
         ddir.mkdir(parents=True, exist_ok=True)
         store = AsyncStore.sqlite(ddir / "calltone.db")
         metrics = Metrics()
-        s = Services(settings, store, Bus(settings.server.subscriber_queue), metrics, runtime=runtime,
+        bus = create_bus(settings.server)  # in-process, or Redis Streams with server.bus_url
+        await bus.start()
+        s = Services(settings, store, bus, metrics, runtime=runtime,
                      audio_dir=ddir / "audio", jobs_dir=ddir / "jobs")
         s.webhooks = WebhookSender(settings.server.webhooks, settings.server.webhook_secret, store, metrics,
                                    base_delay_s=webhook_base_delay_s)
@@ -94,6 +96,7 @@ def create_app(settings: "Settings", runtime: "Runtime | None" = None, *, limits
             await s.registry.finish_all("shutdown")
             await s.jobs.close()
             await s.webhooks.close()
+            await bus.close()
             await asyncio.to_thread(store.close)
             if owns_runtime and s.runtime is not None:
                 await asyncio.to_thread(s.runtime.close)

@@ -12,13 +12,24 @@ queue is full:
 
 So a lagging desktop costs memory only up to its cap, never slows ingest or other
 subscribers, and never silently loses a final transcript or an alert.
+
+Messages with a ``seq`` (a call's events) reach a subscription at most once and in
+order: one whose seq is not above the last offered is ignored (a repeated publish).  A
+subscription also remembers where the seqs offered to it jumped, so a consumer can tell
+a gap the bus never brought (:meth:`Subscription.missed`, filled from the store) from
+droppable events it coalesced itself.  The in-process bus never has such gaps; the Redis
+bus (``server.bus_url``, :mod:`calltone.server.redisbus`) can, and shares this queue logic.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from calltone.settings import ServerSettings
 
 DROPPABLE = frozenset({"transcript.partial", "emotion.update"})
 
@@ -30,10 +41,11 @@ class Message:
     seq: int | None = None
     key: tuple = ()
     droppable: bool = False
+    channel: str | None = None
 
     @classmethod
     def of(cls, type: str, json: str, seq: int | None = None, channel: str | None = None) -> "Message":
-        return cls(type, json, seq, (type, channel), type in DROPPABLE)
+        return cls(type, json, seq, (type, channel), type in DROPPABLE, channel)
 
 
 class SubscriberTooSlow(Exception):
@@ -48,6 +60,7 @@ class BusStats:
     dropped: int = 0
     overflowed: int = 0
     subscribers: int = 0
+    unpublished: int = 0  # Redis bus: shed from its outbox while Redis was unreachable (subscribers refill from the store)
 
 
 class Subscription:
@@ -60,6 +73,8 @@ class Subscription:
         self.closed = False
         self.coalesced = 0
         self.dropped = 0
+        self._hi = 0  # the highest seq offered
+        self._runs: deque[int] = deque()  # first seq of each run of consecutive seqs offered, oldest first
 
     def __len__(self) -> int:
         return len(self._q)
@@ -67,6 +82,12 @@ class Subscription:
     def offer(self, msg: Message) -> None:
         if self.closed or self.overflowed:
             return
+        if msg.seq is not None:
+            if msg.seq <= self._hi:
+                return  # offered before: a repeated publish is never delivered twice
+            if msg.seq != self._hi + 1 or not self._runs:
+                self._runs.append(msg.seq)
+            self._hi = msg.seq
         q = self._q
         if len(q) >= self.maxsize:
             if msg.droppable:
@@ -107,7 +128,18 @@ class Subscription:
         if self.overflowed:
             raise SubscriberTooSlow(f"subscriber of {self.topic} fell more than {self.hard_cap} events behind")
         self.bus.stats.delivered += 1
-        return self._q.popleft()
+        msg = self._q.popleft()
+        runs = self._runs
+        while msg.seq is not None and len(runs) > 1 and runs[1] <= msg.seq:
+            runs.popleft()  # runs before the consumer's position are of no more use
+        return msg
+
+    def missed(self, after: int, seq: int) -> bool:
+        """True when a seq between ``after`` and ``seq`` (a seq this subscription delivered) never reached it:
+        lost on the bus, or published before it subscribed; False when they were all offered (those not
+        delivered were droppable ones it coalesced or dropped)."""
+        start = next((s for s in reversed(self._runs) if s <= seq), None)
+        return start is None or start > after + 1
 
     def close(self) -> None:
         if not self.closed:
@@ -123,7 +155,10 @@ class Subscription:
 
 
 class Bus:
-    """Topics are strings: ``call:<call_id>`` and ``alerts``.  Use from the event loop thread only."""
+    """Topics are strings: ``call:<call_id>`` and ``alerts``.  Use from the event loop thread only.
+
+    This in-process bus delivers within ``publish``; :class:`~calltone.server.redisbus.RedisBus` keeps the
+    interface and these subscriptions and delivers from its reader task."""
 
     def __init__(self, default_maxsize: int = 256) -> None:
         self.default_maxsize = default_maxsize
@@ -144,8 +179,18 @@ class Bus:
             if not subs:
                 del self._subs[sub.topic]
 
+    async def start(self) -> None:
+        """Connect (nothing to do in-process)."""
+
+    async def close(self) -> None:
+        """Disconnect (nothing to do in-process)."""
+
     def publish(self, topic: str, msg: Message) -> int:
+        """Offer ``msg`` to every subscriber of ``topic``; return how many there are."""
         self.stats.published += 1
+        return self._deliver(topic, msg)
+
+    def _deliver(self, topic: str, msg: Message) -> int:
         subs = self._subs.get(topic)
         if not subs:
             return 0
@@ -157,3 +202,12 @@ class Bus:
         if topic is None:
             return sum(len(s) for s in self._subs.values())
         return len(self._subs.get(topic, ()))
+
+
+def create_bus(server: "ServerSettings") -> Bus:
+    """The in-process bus, or the Redis Streams bus when ``server.bus_url`` is set."""
+    if not server.bus_url:
+        return Bus(server.subscriber_queue)
+    from calltone.server.redisbus import RedisBus  # redis-py: the `scaleout` extra, needed only with bus_url
+
+    return RedisBus(server.bus_url, server.subscriber_queue, ended_ttl_s=server.bus_ttl_s)

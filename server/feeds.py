@@ -33,13 +33,18 @@ async def call_events(ws: WebSocket, call_id: str, after: int = 0) -> None:
         # Subscribe BEFORE reading the store: anything published from now on is queued,
         # anything published before is already stored (events are stored, then published).
         with s.bus.subscribe(f"call:{call_id}") as sub:
-            stored = await s.store.read(lambda r: r.events(call_id, last))
-            ended = False
-            for seq, typ, body in stored:
-                await ws.send_text(body)
-                last = seq
-                ended = ended or typ == "call.ended"
-            if ended:
+
+            async def replay() -> bool:
+                """Send the stored events after ``last``; True when call.ended was one of them."""
+                nonlocal last
+                after, ended = last, False
+                for seq, typ, body in await s.store.read(lambda r: r.events(call_id, after)):
+                    await ws.send_text(body)
+                    last = seq
+                    ended = ended or typ == "call.ended"
+                return ended
+
+            if await replay():
                 await close_ok(ws, "call ended")
                 return
 
@@ -47,6 +52,9 @@ async def call_events(ws: WebSocket, call_id: str, after: int = 0) -> None:
                 nonlocal last
                 while True:
                     msg = await sub.get()
+                    if msg.seq is not None and msg.seq > last + 1 and sub.missed(last, msg.seq) and await replay():
+                        await close_ok(ws, "call ended")  # a gap the bus never brought is filled from the store
+                        return
                     if msg.seq is not None and msg.seq <= last:
                         continue  # already sent from the store
                     await ws.send_text(msg.json)
