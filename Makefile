@@ -18,10 +18,11 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 	$(BIN)/calltone models
 	touch $@
 
-# test extras (pytest, jiwer, playwright's Python client) and Debian's Chromium + a CJK font
-# for the page tests; playwright never downloads a browser here, the tests use /usr/bin/chromium
+# test extras (pytest, jiwer, playwright's Python client), the scaleout clients (the tests start their
+# servers: tests/pg.py) and Debian's Chromium + a CJK font for the page tests; playwright never
+# downloads a browser here, the tests use /usr/bin/chromium
 $(VENV)/.test-installed: pyproject.toml $(VENV)/.installed
-	$(PIP) -e '.[models,test]'
+	$(PIP) -e '.[models,test,scaleout]'
 	command -v chromium >/dev/null && fc-list :lang=zh | grep -q . || (apt-get update -qq && apt-get install -y -qq chromium fonts-wqy-microhei)
 	touch $@
 

@@ -185,6 +185,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(settings, demo=args.demo)
 
 
+def cmd_db(args: argparse.Namespace) -> int:
+    """``calltone db upgrade``: bring the configured store to the newest schema (the service does it at start-up)."""
+    from calltone.server.app import data_dir
+    from calltone.server.database import open_repository
+
+    settings = _settings(args)
+    repo = open_repository(settings.server.database_url, data_dir(settings))
+    try:
+        print(f"{repo!r}: schema revision {repo.revision}")
+    finally:
+        repo.close()
+    return 0
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from calltone.server.replay import replay
 
@@ -256,6 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--language", default="auto", choices=["zh", "en", "auto"])
     rp.add_argument("--call-id")
     rp.set_defaults(func=cmd_replay)
+
+    db = sub.add_parser("db", help="the call store's schema (server.database_url, else SQLite in the data dir)")
+    db.add_argument("action", choices=["upgrade"], help="upgrade: run the migrations up to the newest revision "
+                    "(a database made before migrations is stamped at the baseline)")
+    db.add_argument("--config", help="TOML settings file")
+    db.set_defaults(func=cmd_db)
     return p
 
 

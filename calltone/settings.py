@@ -66,6 +66,9 @@ class ServerSettings(BaseModel):
     recordings_dir: Path | None = Field(None, description="POST /v1/jobs may name server-side recordings under this folder (off when unset)")
     max_upload_mb: int = Field(500, description="largest recording accepted by POST /v1/jobs, per file")
     data_dir: Path | None = Field(None, description="SQLite database and kept audio; default <cache_dir>/data")
+    database_url: str | None = Field(None, pattern=r"^(postgres(ql)?://|sqlite:///)", description="the store shared by "
+                                     "many nodes, e.g. 'postgresql://calltone@db:5432/calltone' (needs the scaleout "
+                                     "extra); unset: SQLite in <data_dir>/calltone.db (docs/deploy.md)")
     tokens: dict[str, str] = Field(default_factory=dict, description="bearer token -> role[:agent_id], e.g. {'s3cr3t': 'agent:a42'}")
     max_frame_bytes: int = Field(64_000, description="largest binary audio frame accepted")
     subscriber_queue: int = Field(256, description="events buffered per subscriber before coalescing")

@@ -1,7 +1,8 @@
 """The live service: ``create_app(settings, runtime=None)`` and ``serve(settings, demo)``.
 
 One process: FastAPI on uvicorn, the shared speech runtime (loaded in the
-background; ``/readyz`` says when), SQLite in ``<data_dir>/calltone.db``.
+background; ``/readyz`` says when), SQLite in ``<data_dir>/calltone.db`` or the PostgreSQL database of
+``server.database_url`` (``server/database.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from calltone.server.audiohook import AudioHookProtocol
 from calltone.server.auth import Authenticator, ConfigError, check_bind
 from calltone.server.bus import create_bus
 from calltone.server.calls import Services
+from calltone.server.database import open_repository
 from calltone.server.native import NativeProtocol
 from calltone.server.protocol import Limits
 from calltone.server.signature import AudioHookVerifier
@@ -62,7 +64,9 @@ def create_app(settings: "Settings", runtime: "Runtime | None" = None, *, limits
     async def lifespan(app: FastAPI):
         ddir = data_dir(settings)
         ddir.mkdir(parents=True, exist_ok=True)
-        store = AsyncStore.sqlite(ddir / "calltone.db")
+        repo = await asyncio.to_thread(open_repository, settings.server.database_url, ddir)  # migrates to head
+        log.info("store: %r at schema revision %s", repo, repo.revision)
+        store = AsyncStore(repo)
         metrics = Metrics()
         bus = create_bus(settings.server)  # in-process, or Redis Streams with server.bus_url
         await bus.start()

@@ -40,7 +40,7 @@ from calltone.server.bus import Bus, Message
 from calltone.server.calltime import CallClock
 from calltone.server.metrics import Metrics
 from calltone.server.protocol import AlertMessage, ProtocolError
-from calltone.server.store import AsyncStore, StoreUnavailable, is_storage_failure
+from calltone.server.store import AsyncStore, StoreUnavailable
 from calltone.summary import compute_summary
 
 if TYPE_CHECKING:
@@ -159,7 +159,7 @@ class LiveCall:
 
     def _write_refusal(self) -> ProtocolError:
         exc = self.store_error
-        if exc is not None and is_storage_failure(exc):
+        if exc is not None and self.s.store.is_storage_failure(exc):
             return ProtocolError("store_unavailable", f"this call's events cannot be stored ({exc}); reconnect later with "
                                                       "the same call id to resume it")
         return ProtocolError("internal_error", "an event of this call could not be stored; the call was ended")

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 
 from calltone.server.calls import SUMMARY_TYPES, LiveCall
 from calltone.server.protocol import ProtocolError
-from calltone.server.store import is_storage_failure
 
 if TYPE_CHECKING:
     from calltone.pipeline import PipelineOptions
@@ -56,7 +55,7 @@ class CallRegistry:
             try:
                 await self.s.store.write(lambda r: r.upsert_call(call))
             except Exception as exc:
-                if not is_storage_failure(exc):
+                if not self.s.store.is_storage_failure(exc):
                     raise
                 raise ProtocolError("store_unavailable", f"the call store cannot write ({exc}); retry later") from None
             live = LiveCall(self.s, call_id, options, seq=seq, t_offset=offset, history=history, resumed=row is not None,

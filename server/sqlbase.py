@@ -1,0 +1,203 @@
+"""What the SQL repositories share: the columns callers may write, how values are stored, and every statement
+that SQLite and PostgreSQL run alike (one definition, so both stores answer the same).
+
+Values are stored alike on both: JSON fields as ``json.dumps`` text, booleans as integers 0/1 (``barge_in`` is
+read back as ``bool``, a delivery's ``ok`` as 0/1), times as floats.  A subclass supplies the connection
+(:meth:`SqlRepository._run`, :meth:`SqlRepository._rows`), ``transaction()``, ``is_storage_failure`` and
+``close()``, and how it writes a named parameter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Iterable, Mapping, Sequence
+
+CALL_FIELDS = ("call_id", "status", "agent_id", "language", "metadata", "roles", "started_at", "ended_at",
+               "duration_s", "escalations", "summary", "last_seq", "updated_at")
+ALERT_FIELDS = ("alert_id", "call_id", "agent_id", "channel", "reason", "evidence", "excerpt", "status", "t", "seq",
+                "raised_at", "cleared_at", "acked_by", "acked_at", "barge_in", "note")
+JSON_FIELDS = frozenset({"metadata", "roles", "summary", "evidence", "excerpt"})
+PURGE_CHUNK = 500  # call ids per DELETE (SQLite bounds the number of parameters)
+PROBE_BYTES = 4096  # a page's worth: the probe needs free space as an event would (random: not compressible)
+
+
+def check_fields(fields: Iterable[str], allowed: tuple[str, ...], what: str) -> None:
+    """Refuse column names a caller may not write (they are interpolated into SQL)."""
+    bad = set(fields) - set(allowed)
+    if bad:
+        raise ValueError(f"unknown {what} fields {bad}")
+
+
+def encode(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Values as stored: JSON fields as text, booleans as 0/1."""
+    out: dict[str, Any] = {}
+    for k, v in fields.items():
+        if k in JSON_FIELDS and v is not None:
+            v = json.dumps(v, ensure_ascii=False)
+        elif isinstance(v, bool):
+            v = int(v)
+        out[k] = v
+    return out
+
+
+def decode(row: Mapping[str, Any]) -> dict:
+    """A stored call or alert row as callers see it: JSON fields parsed, ``barge_in`` as bool."""
+    d = dict(row)
+    for k in JSON_FIELDS & d.keys():
+        if d[k] is not None:
+            d[k] = json.loads(d[k])
+    if d.get("barge_in") is not None:
+        d["barge_in"] = bool(d["barge_in"])
+    return d
+
+
+class SqlRepository(ABC):
+    """The :class:`~calltone.server.store.Repository` methods, over a subclass's connection."""
+
+    PARAM: ClassVar[str]  # a named parameter: ":{}" (sqlite3) or "%({})s" (psycopg)
+    GREATEST: ClassVar[str]  # the two-argument maximum: MAX (SQLite) or GREATEST (PostgreSQL)
+
+    # -- the subclass's connection ------------------------------------------------------------
+    @abstractmethod
+    def _run(self, sql: str, params: Mapping[str, Any]) -> int:
+        """Execute one statement; the number of rows it changed."""
+
+    @abstractmethod
+    def _rows(self, sql: str, params: Mapping[str, Any]) -> Sequence[Mapping[str, Any]]:
+        """Execute one query; its rows as mappings of column name to value."""
+
+    def _p(self, name: str) -> str:
+        return self.PARAM.format(name)
+
+    def _in(self, column: str, values: Sequence[Any], prefix: str) -> tuple[str, dict[str, Any]]:
+        params = {f"{prefix}{i}": v for i, v in enumerate(values)}
+        return f"{column} IN ({', '.join(self._p(k) for k in params)})", params
+
+    def _equal(self, filters: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+        """column=value conditions for the filters given (an empty or None value filters nothing)."""
+        params = {k: v for k, v in filters.items() if v}
+        return [f"{k}={self._p(k)}" for k in params], params
+
+    @staticmethod
+    def _where(conditions: list[str]) -> str:
+        return " WHERE " + " AND ".join(conditions) if conditions else ""
+
+    # -- writes ---------------------------------------------------------------------------
+    def upsert_call(self, call: dict) -> None:
+        row = encode({k: call.get(k) for k in CALL_FIELDS if k in call})
+        updates = ", ".join(f"{k}=excluded.{k}" for k in row if k != "call_id")
+        self._run(f"INSERT INTO calls ({', '.join(row)}) VALUES ({', '.join(self._p(k) for k in row)}) "
+                  f"ON CONFLICT (call_id) DO UPDATE SET {updates}", row)
+
+    def update_call(self, call_id: str, **fields: Any) -> None:
+        if not fields:
+            return
+        check_fields(fields, CALL_FIELDS, "call")
+        row = encode(fields)
+        sets = ", ".join(f"{k}={self._p(k)}" for k in row)
+        self._run(f"UPDATE calls SET {sets} WHERE call_id={self._p('_id')}", {**row, "_id": call_id})
+
+    def append_event(self, call_id: str, seq: int, type: str, t: float, server_time: float, body: str) -> None:
+        p = self._p
+        args = {"call_id": call_id, "seq": seq, "type": type, "t": t, "server_time": server_time, "body": body}
+        self._run(f"INSERT INTO events (call_id, seq, type, t, server_time, body) "
+                  f"VALUES ({p('call_id')}, {p('seq')}, {p('type')}, {p('t')}, {p('server_time')}, {p('body')})", args)
+        self._run(f"UPDATE calls SET last_seq={self.GREATEST}(last_seq, {p('seq')}), updated_at={p('server_time')} "
+                  f"WHERE call_id={p('call_id')}", args)
+
+    def insert_alert(self, alert: dict) -> None:
+        """Insert, or replace every column of, the alert."""
+        row = encode({k: alert.get(k) for k in ALERT_FIELDS})
+        updates = ", ".join(f"{k}=excluded.{k}" for k in row if k != "alert_id")
+        self._run(f"INSERT INTO alerts ({', '.join(row)}) VALUES ({', '.join(self._p(k) for k in row)}) "
+                  f"ON CONFLICT (alert_id) DO UPDATE SET {updates}", row)
+
+    def update_alert(self, alert_id: str, **fields: Any) -> None:
+        check_fields(fields, ALERT_FIELDS, "alert")
+        row = encode(fields)
+        sets = ", ".join(f"{k}={self._p(k)}" for k in row)
+        self._run(f"UPDATE alerts SET {sets} WHERE alert_id={self._p('_id')}", {**row, "_id": alert_id})
+
+    def log_delivery(self, alert_id: str, url: str, event_type: str, attempt: int, ok: bool,
+                     status_code: int | None, error: str | None) -> None:
+        row = encode({"alert_id": alert_id, "url": url, "event_type": event_type, "attempt": attempt, "ok": ok,
+                      "status_code": status_code, "error": error, "at": time.time()})
+        self._run(f"INSERT INTO deliveries ({', '.join(row)}) VALUES ({', '.join(self._p(k) for k in row)})", row)
+
+    def interrupt_live(self) -> int:
+        """After a crash: calls left 'live' become 'interrupted' (a producer may resume them)."""
+        return self._run("UPDATE calls SET status='interrupted' WHERE status='live'", {})
+
+    def probe(self) -> None:
+        """Rewrite one row with a page's worth of bytes, so the write needs free space as an event would."""
+        self._run(f"INSERT INTO probes (id, at, pad) VALUES (1, {self._p('at')}, {self._p('pad')}) "
+                  "ON CONFLICT (id) DO UPDATE SET at=excluded.at, pad=excluded.pad",
+                  {"at": time.time(), "pad": os.urandom(PROBE_BYTES)})
+
+    def purge(self, before: float) -> list[str]:
+        """Delete the calls started before ``before`` that are not live, with their events, alerts and deliveries."""
+        rows = self._rows(f"SELECT call_id FROM calls WHERE started_at < {self._p('before')} AND status != 'live'",
+                          {"before": before})
+        ids = [r["call_id"] for r in rows]
+        for i in range(0, len(ids), PURGE_CHUNK):
+            where, params = self._in("call_id", ids[i : i + PURGE_CHUNK], "c")
+            self._run(f"DELETE FROM deliveries WHERE alert_id IN (SELECT alert_id FROM alerts WHERE {where})", params)
+            for table in ("events", "alerts", "calls"):
+                self._run(f"DELETE FROM {table} WHERE {where}", params)
+        return ids
+
+    # -- reads ----------------------------------------------------------------------------
+    def get_call(self, call_id: str) -> dict | None:
+        rows = self._rows(f"SELECT * FROM calls WHERE call_id={self._p('id')}", {"id": call_id})
+        return decode(rows[0]) if rows else None
+
+    def list_calls(self, status: str | None = None, agent_id: str | None = None, since: float | None = None,
+                   escalated: bool | None = None, limit: int = 50) -> list[dict]:
+        """Newest first."""
+        conditions, params = self._equal({"status": status, "agent_id": agent_id})
+        if since is not None:
+            conditions.append(f"started_at>={self._p('since')}")
+            params["since"] = since
+        if escalated is not None:
+            conditions.append("escalations>0" if escalated else "escalations=0")
+        sql = f"SELECT * FROM calls{self._where(conditions)} ORDER BY started_at DESC LIMIT {self._p('limit')}"
+        rows = self._rows(sql, {**params, "limit": limit})
+        return [decode(r) for r in rows]
+
+    def events(self, call_id: str, after: int = 0, types: list[str] | None = None,
+               limit: int | None = None) -> list[tuple[int, str, str]]:
+        """(seq, type, JSON body) in seq order."""
+        sql = f"SELECT seq, type, body FROM events WHERE call_id={self._p('call_id')} AND seq>{self._p('after')}"
+        params: dict[str, Any] = {"call_id": call_id, "after": after}
+        if types:
+            where, typed = self._in("type", types, "t")
+            sql += f" AND {where}"
+            params.update(typed)
+        sql += " ORDER BY seq"
+        if limit:
+            sql += f" LIMIT {self._p('limit')}"
+            params["limit"] = limit
+        return [(r["seq"], r["type"], r["body"]) for r in self._rows(sql, params)]
+
+    def last_seq(self, call_id: str) -> int:
+        rows = self._rows(f"SELECT MAX(seq) AS seq FROM events WHERE call_id={self._p('id')}", {"id": call_id})
+        return int(rows[0]["seq"] or 0)
+
+    def get_alert(self, alert_id: str) -> dict | None:
+        rows = self._rows(f"SELECT * FROM alerts WHERE alert_id={self._p('id')}", {"id": alert_id})
+        return decode(rows[0]) if rows else None
+
+    def list_alerts(self, call_id: str | None = None, status: str | None = None, limit: int = 100) -> list[dict]:
+        """Oldest raised first (an alert without ``raised_at`` before all others)."""
+        conditions, params = self._equal({"call_id": call_id, "status": status})
+        sql = f"SELECT * FROM alerts{self._where(conditions)} ORDER BY raised_at NULLS FIRST LIMIT {self._p('limit')}"
+        rows = self._rows(sql, {**params, "limit": limit})
+        return [decode(r) for r in rows]
+
+    def deliveries(self, alert_id: str) -> list[dict]:
+        """Every attempt logged for the alert, in the order they were logged."""
+        rows = self._rows(f"SELECT * FROM deliveries WHERE alert_id={self._p('id')} ORDER BY id", {"id": alert_id})
+        return [dict(r) for r in rows]
