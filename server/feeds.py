@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from starlette.websockets import WebSocket
 
@@ -10,14 +12,54 @@ from calltone.server.bus import SubscriberTooSlow
 from calltone.server.protocol import AlertMessage, ProtocolError, valid_call_id
 from calltone.server.wsutil import close_ok, refuse, require, services, until_disconnect
 
+if TYPE_CHECKING:
+    from calltone.server.bus import Subscription
+    from calltone.server.store import AsyncStore
+
 log = logging.getLogger("calltone.server.feeds")
+
+Send = Callable[[str], Awaitable[None]]
+
+
+class CallStream:
+    """One call's events in seq order for one receiver, each once: the stored ones after ``after``, then the
+    live ones from ``sub`` (subscribed before this starts).  A gap the bus never brought (lost on a Redis
+    bus, or published before the subscription) is filled from the store, never skipped."""
+
+    def __init__(self, store: "AsyncStore", sub: "Subscription", call_id: str, after: int) -> None:
+        self.store, self.sub, self.call_id = store, sub, call_id
+        self.last = max(0, after)  # the highest seq sent
+        self.ended = False
+
+    async def _replay(self, send: Send) -> None:
+        after = self.last
+        for seq, typ, body in await self.store.read(lambda r: r.events(self.call_id, after)):
+            await send(body)
+            self.last = seq
+            self.ended = self.ended or typ == "call.ended"
+
+    async def run(self, send: Send) -> None:
+        """Send until call.ended has been sent."""
+        await self._replay(send)
+        while not self.ended:
+            msg = await self.sub.get()
+            if msg.seq is not None and msg.seq > self.last + 1 and self.sub.missed(self.last, msg.seq):
+                await self._replay(send)
+                if self.ended:
+                    return
+            if msg.seq is not None and msg.seq <= self.last:
+                continue  # already sent from the store
+            await send(msg.json)
+            if msg.seq is not None:
+                self.last = msg.seq
+            self.ended = msg.type == "call.ended"
 
 
 async def call_events(ws: WebSocket, call_id: str, after: int = 0) -> None:
     """Stored events with ``seq > after``, then live ones, without gaps or duplicates; closes 1000 after call.ended."""
     s = services(ws)
     await ws.accept()
-    last = max(0, after)
+    stream: CallStream | None = None
     try:
         principal = require(ws, "read_calls")
         if not valid_call_id(call_id):
@@ -33,44 +75,18 @@ async def call_events(ws: WebSocket, call_id: str, after: int = 0) -> None:
         # Subscribe BEFORE reading the store: anything published from now on is queued,
         # anything published before is already stored (events are stored, then published).
         with s.bus.subscribe(f"call:{call_id}") as sub:
-
-            async def replay() -> bool:
-                """Send the stored events after ``last``; True when call.ended was one of them."""
-                nonlocal last
-                after, ended = last, False
-                for seq, typ, body in await s.store.read(lambda r: r.events(call_id, after)):
-                    await ws.send_text(body)
-                    last = seq
-                    ended = ended or typ == "call.ended"
-                return ended
-
-            if await replay():
+            stream = CallStream(s.store, sub, call_id, after)
+            await until_disconnect(ws, stream.run(ws.send_text))
+            if stream.ended:
                 await close_ok(ws, "call ended")
-                return
-
-            async def pump() -> None:
-                nonlocal last
-                while True:
-                    msg = await sub.get()
-                    if msg.seq is not None and msg.seq > last + 1 and sub.missed(last, msg.seq) and await replay():
-                        await close_ok(ws, "call ended")  # a gap the bus never brought is filled from the store
-                        return
-                    if msg.seq is not None and msg.seq <= last:
-                        continue  # already sent from the store
-                    await ws.send_text(msg.json)
-                    if msg.seq is not None:
-                        last = msg.seq
-                    if msg.type == "call.ended":
-                        await close_ok(ws, "call ended")
-                        return
-
-            await until_disconnect(ws, pump())
     except ProtocolError as e:
         await refuse(ws, e)
     except SubscriberTooSlow:
+        last = stream.last if stream is not None else max(0, after)
         await refuse(ws, ProtocolError("subscriber_too_slow", f"too far behind; reconnect with ?after={last}"))
     except Exception:
         log.exception("event feed of %s failed", call_id)
+        last = stream.last if stream is not None else max(0, after)
         await refuse(ws, ProtocolError("internal_error", f"internal error; reconnect with ?after={last}"))
 
 

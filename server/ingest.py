@@ -27,6 +27,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from calltone.pipeline import PipelineOptions
 from calltone.server.bus import SubscriberTooSlow
+from calltone.server.feeds import CallStream
 from calltone.server.protocol import Limits, ProtocolError, parse_control
 from calltone.server.wsutil import RateLimiter, services
 from calltone.speech.audio import AudioError, BadFrameSize, StreamDecoder
@@ -149,20 +150,17 @@ def decode(decoder: StreamDecoder, data: bytes) -> dict[str, np.ndarray]:
 
 
 class EventForwarder:
-    """Sends a call's events back to its producer (native ``"events": true``)."""
+    """Sends a call's events back to its producer (native ``"events": true``): those after the moment the
+    call opened on this connection, in order, gaps on the bus filled from the store (as the event feed does)."""
 
     def __init__(self, ws: WebSocket, live: "LiveCall") -> None:
-        self.ws = ws
         self.sub = live.s.bus.subscribe(f"call:{live.call_id}")
-        self.task = asyncio.ensure_future(self._run())
+        self.stream = CallStream(live.s.store, self.sub, live.call_id, after=live.seq)
+        self.task = asyncio.ensure_future(self._run(ws))
 
-    async def _run(self) -> None:
+    async def _run(self, ws: WebSocket) -> None:
         try:
-            while True:
-                msg = await self.sub.get()
-                await self.ws.send_text(msg.json)
-                if msg.type == "call.ended":
-                    return
+            await self.stream.run(ws.send_text)
         except (SubscriberTooSlow, WebSocketDisconnect, RuntimeError):
             return
         finally:
