@@ -53,7 +53,7 @@ FORMATS = {"PCMU": "mulaw", "L16": "pcm_s16le"}  # L16 as the reference implemen
 CHANNEL_SETS = ({"external", "internal"}, {"external"}, {"internal"})
 SUPPORTED_LANGUAGES = ("zh-CN", "en-US")  # what opened.supportedLanguages lists (zh-* and en-* are all accepted)
 CLIENT_TYPES = ("open", "ping", "update", "paused", "resumed", "discarded", "error", "close")
-_DURATION = re.compile(r"^PT(?:(\d+)H)?(?:(\d+)M)?(?:(\d*\.?\d+)S)?$")
+_DURATION = re.compile(r"^PT(?:(\d{1,9})H)?(?:(\d{1,9})M)?(?:(\d{0,12}\.?\d{1,12})S)?$")  # bounded: finite seconds
 
 
 def duration_s(value: object, what: str) -> float:
@@ -74,7 +74,7 @@ def call_language(code: object) -> str:
 def choose_media(offers: object) -> dict | None:
     """The offer to accept: 8 kHz PCMU or L16 with a known channel set; both parties before one, PCMU before L16."""
     usable = [m for m in offers if isinstance(m, dict) and m.get("type", "audio") == "audio"
-              and m.get("format") in FORMATS and m.get("rate") == RATE and isinstance(m.get("channels"), list)
+              and str(m.get("format")) in FORMATS and m.get("rate") == RATE and isinstance(m.get("channels"), list)
               and len(set(map(str, m["channels"]))) == len(m["channels"])
               and set(map(str, m["channels"])) in CHANNEL_SETS] if isinstance(offers, list) else []
     return min(usable, key=lambda m: (-len(m["channels"]), m["format"] != "PCMU"), default=None)

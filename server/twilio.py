@@ -126,7 +126,7 @@ class TwilioProtocol:
     def text(self, msg: dict) -> list[Item]:
         event = msg.get("event")
         if event == "media":
-            return self._media(msg.get("media") or {})
+            return self._media(msg["media"] if isinstance(msg.get("media"), dict) else {})
         if event == "start":
             return [self._start(msg)]
         if event == "stop":
@@ -138,12 +138,12 @@ class TwilioProtocol:
     def _media(self, media: dict) -> list[Item]:
         if not self.tracks:
             raise ProtocolError("audio_before_start", "media before start")
-        track = self.tracks.get(media.get("track", "inbound"))
+        track = self.tracks.get(str(media.get("track", "inbound")))
         if track is None:
             raise ProtocolError("bad_audio", f"media on track {media.get('track')!r}, which the start message did not announce")
         try:
             payload = base64.b64decode(media.get("payload") or "", validate=True)
-        except (binascii.Error, ValueError):
+        except (binascii.Error, ValueError, TypeError):
             raise ProtocolError("bad_audio", "media.payload is not valid base64") from None
         placed = track.aligner.place(_int(media.get("timestamp")), _int(media.get("chunk")), payload)
         return [Audio(decode(track.decoder, placed))] if placed else []
@@ -151,7 +151,7 @@ class TwilioProtocol:
     def _start(self, m: dict) -> Open:
         if self.tracks:
             raise ProtocolError("protocol_error", "the stream has already started")
-        start = m.get("start") or {}
+        start = m["start"] if isinstance(m.get("start"), dict) else {}
         params = start.get("customParameters") or {}
         if not isinstance(params, dict):
             params = {}
@@ -161,8 +161,8 @@ class TwilioProtocol:
         call_id = str(params.get("call_id") or start.get("callSid") or m.get("streamSid") or "")
         if not valid_call_id(call_id):
             raise ProtocolError("bad_call_id", f"no usable call id (callSid / customParameters.call_id): {call_id[:80]!r}")
-        self._check_format(start.get("mediaFormat") or {})
-        names = [t for t in (start.get("tracks") or ["inbound", "outbound"]) if t in TWILIO_TRACKS]
+        self._check_format(start["mediaFormat"] if isinstance(start.get("mediaFormat"), dict) else {})
+        names = [t for t in (start.get("tracks") or ["inbound", "outbound"]) if isinstance(t, str) and t in TWILIO_TRACKS]
         if not names:
             raise ProtocolError("bad_channel_roles", f"no known tracks in {str(start.get('tracks'))[:80]}")
         self.tracks = {t: Track(TWILIO_TRACKS[t], self.limits.twilio_max_gap_s) for t in names}

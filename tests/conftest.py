@@ -1,9 +1,16 @@
-"""Shared fixtures: real data from ../shared, and one runtime (real Whisper model) per test session."""
+"""Shared fixtures: real data from ../shared, and one runtime (real Whisper model) per test session.
+
+Missing shared data follows one rule (:func:`missing_shared`): under ``CI`` (any value but
+empty, ``0``, ``false``, ``no``) it fails the test with a message saying what is missing;
+locally the test is skipped with that reason.  Mark tests or modules with
+:func:`needs_shared`; fixtures and helpers call :func:`require`.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -16,10 +23,40 @@ EMOTION_SPEECH = SHARED / "data" / "emotion-speech"
 MAKE_CALLS = SHARED / "tools" / "make_calls.py"
 
 
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def missing_shared(path: Path) -> NoReturn:
+    """Fail (under CI) or skip (locally) because ``path`` from the shared data folder is missing."""
+    message = f"test data missing: {path} (the shared data folder must sit beside the repository, at {SHARED})"
+    if in_ci():
+        pytest.fail(f"{message}; under CI missing shared data is a failure, not a skip", pytrace=False)
+    pytest.skip(message)
+
+
 def require(path: Path) -> Path:
+    """``path`` if it exists, else :func:`missing_shared`."""
     if not path.exists():
-        pytest.fail(f"test data missing: {path} (the shared data folder must sit beside the repository)")
+        missing_shared(path)
     return path
+
+
+def needs_shared(*paths: Path) -> pytest.MarkDecorator:
+    """Mark a test (or a module, as ``pytestmark``) as needing these shared files or folders."""
+    return pytest.mark.shared(*paths)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "shared(*paths): needs these paths from ../shared (a failure under CI when "
+                                       "missing, a skip locally)")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("shared"):
+        for path in mark.args:
+            require(Path(path))
 
 
 @pytest.fixture(scope="session")

@@ -29,8 +29,9 @@ from calltone.speech.audio import (
     load_recording,
 )
 
-SPEECH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "speech"
-needs_clips = pytest.mark.skipif(not SPEECH.is_dir(), reason=f"shared speech clips not found at {SPEECH}")
+from .conftest import SPEECH, needs_shared
+
+needs_clips = needs_shared(SPEECH)
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)

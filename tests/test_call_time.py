@@ -13,10 +13,11 @@ from calltone.pipeline import PipelineOptions
 from calltone.server.app import ServerThread, create_app
 from calltone.speech.audio import encode_pcm
 
+from .conftest import needs_shared
 from .test_server import INGEST, STEREO, SUP, check_seqs, load_stereo, make_settings, read_events, rest, start_msg, ws_url
 from .test_store_failures import sync
 
-pytestmark = pytest.mark.skipif(not STEREO.is_file(), reason=f"{STEREO} not available")
+pytestmark = needs_shared(STEREO)
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,10 @@ import pytest
 from calltone.emotion.classifier import LABELS, PROSODY_MODEL, DEFAULT_MODEL, EmotionClassifier
 from calltone.emotion.features import FEATURE_NAMES, extract_features
 
+from .conftest import needs_shared
+
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "emotion-speech"
-needs_data = pytest.mark.skipif(not (DATA / "manifest.csv").exists(), reason="emotion-speech corpora not available")
+needs_data = needs_shared(DATA / "manifest.csv")
 
 
 def _subset(n_per: int = 3) -> list[dict]:

@@ -21,10 +21,11 @@ from websockets.sync.client import connect
 
 from calltone.speech.audio import encode_pcm
 
+from .conftest import needs_shared
 from .test_server import INGEST, STEREO, SUP, TOKENS, check_seqs, load_stereo, read_events, rest, start_msg, ws_url
 from .test_store_failures import Listener, sync
 
-pytestmark = pytest.mark.skipif(not STEREO.is_file(), reason=f"{STEREO} not available")
+pytestmark = needs_shared(STEREO)
 
 
 class Serve:

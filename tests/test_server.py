@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import http.server
 import json
+import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +24,16 @@ import soundfile as sf
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from calltone.events import TranscriptFinal, TranscriptPartial
 from calltone.server.app import ServerThread, create_app, purge_expired
+from calltone.server.bus import DROPPABLE
 from calltone.speech.audio import encode_pcm
 from calltone.speech.g711 import ulaw_encode
 from calltone.server.webhooks import verify
 from calltone.settings import ServerSettings, Settings
 
-SPEECH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "speech"
+from .conftest import EMOTION_SPEECH, MAKE_CALLS, SPEECH, needs_shared, require
+
 STEREO = SPEECH / "stereo_diarization.wav"  # 16 kHz; left: "He began a confused complaint...", right: "The horizon..."
 
 TOKENS = {
@@ -39,7 +47,7 @@ TOKENS = {
 INGEST, AGENT1, AGENT2, SUP, QA, ADMIN = TOKENS
 SECRET = "webhook-secret"
 
-pytestmark = pytest.mark.skipif(not STEREO.is_file(), reason=f"{STEREO} not available")
+pytestmark = needs_shared(STEREO)
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -135,23 +143,28 @@ def start_msg(**kw) -> str:
     return json.dumps(msg)
 
 
+def stream_audio(ws, audio: np.ndarray, rate: int, *, encoding="pcm_s16le", speed: float = 0.0, frame_s=0.2) -> None:
+    """Send audio on an open native ingest socket in ``frame_s`` frames (``speed`` 1.0: real time; 0: at once)."""
+    step = int(rate * frame_s)
+    t0 = time.monotonic()
+    for i in range(0, len(audio), step):
+        ws.send(encode_pcm(audio[i : i + step], encoding))
+        if speed:
+            delay = t0 + min(i + step, len(audio)) / rate / speed - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+
+
 def stream(srv, call_id: str, audio: np.ndarray, rate: int, *, encoding="pcm_s16le", speed: float = 0.0, frame_s=0.2,
            events=True, stop=True, token=INGEST, agent_id="a1", upto_s: float | None = None, timeout=60) -> list[dict]:
     """Stream audio as one call over the native protocol; return the events echoed back."""
     out: list[dict] = []
-    step = int(rate * frame_s)
-    end = len(audio) if upto_s is None else int(upto_s * rate)
     with connect(ws_url(srv, f"/v1/calls/{call_id}/audio", token), max_size=None) as ws:
         ws.send(start_msg(sample_rate=rate, encoding=encoding, events=events, agent_id=agent_id))
         started = json.loads(ws.recv(timeout=10))
         assert started["type"] == "started", started
-        t0 = time.monotonic()
-        for i in range(0, end, step):
-            ws.send(encode_pcm(audio[i : min(i + step, end)], encoding))
-            if speed:
-                delay = t0 + min(i + step, end) / rate / speed - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
+        stream_audio(ws, audio if upto_s is None else audio[: int(upto_s * rate)], rate, encoding=encoding, speed=speed,
+                     frame_s=frame_s)
         if stop:
             ws.send(json.dumps({"type": "stop"}))
             if events:
@@ -179,23 +192,46 @@ def read_events(srv, call_id: str, token=SUP, after=0, until="call.ended", timeo
     return out
 
 
-def expect_refusal(ws, code: str | None = None, close: int | None = None, frame=True) -> tuple[str | None, int]:
-    """Read until the server closes; return (error code from the error frame, close code)."""
-    got = None
+def read_until_closed(ws, timeout: float = 30) -> tuple[list[dict], dict | None, int | None]:
+    """Read until the server closes: (the JSON messages, the error frame if any, the close code)."""
+    messages: list[dict] = []
+    error = None
     try:
         while True:
-            raw = ws.recv(timeout=20)
+            raw = ws.recv(timeout=timeout)
             msg = json.loads(raw) if isinstance(raw, str) else {}
             if msg.get("type") == "error":
-                got = msg["code"]
-                assert msg["message"]
+                error = msg
+            else:
+                messages.append(msg)
     except ConnectionClosed as e:
-        close_code = e.rcvd.code if e.rcvd else None
+        return messages, error, e.rcvd.code if e.rcvd else None
+
+
+def expect_refusal(ws, code: str | None = None, close: int | None = None, frame=True) -> tuple[str | None, int | None]:
+    """Read until the server closes; return (error code from the error frame, close code)."""
+    _, error, close_code = read_until_closed(ws, timeout=20)
+    got = error["code"] if error else None
+    if error is not None:
+        assert error["message"]
     if code is not None and frame:
         assert got == code
     if close is not None:
         assert close_code == close, (got, close_code)
     return got, close_code
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    """Wait for an observable condition (a safety bound, not a speed requirement)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.02)
+
+
+def subscribers(srv, topic: str) -> int:
+    """Feed clients subscribed to ``topic`` (``call:<id>``, ``alerts``) on the server's bus."""
+    return srv.call(srv.services.bus.subscriber_count, topic)
 
 
 def finals(events: list[dict]) -> dict[str, str]:
@@ -332,34 +368,135 @@ def test_server_restart_mid_call_loses_nothing(tmp_path, runtime):
         srv2.stop()
 
 
-def test_slow_subscriber_does_not_hold_back_ingest_or_others(server):
+class FeedReader(threading.Thread):
+    """Reads a websocket as fast as it can in a thread: ``events`` so far, ``close_code`` once closed."""
+
+    def __init__(self, ws) -> None:
+        super().__init__(daemon=True)
+        self.ws = ws
+        self.events: list[dict] = []
+        self.close_code: int | None = None
+        self.done = False
+        self._cv = threading.Condition()
+        self.start()
+
+    def run(self) -> None:
+        try:
+            while True:
+                ev = json.loads(self.ws.recv(timeout=120))
+                with self._cv:
+                    self.events.append(ev)
+                    self._cv.notify_all()
+        except ConnectionClosed as e:
+            self.close_code = e.rcvd.code if e.rcvd else None
+        finally:
+            with self._cv:
+                self.done = True
+                self._cv.notify_all()
+
+    def wait_for_seq(self, seq: int, timeout: float = 60) -> None:
+        with self._cv:
+            assert self._cv.wait_for(lambda: self.done or (self.events and self.events[-1].get("seq", 0) >= seq), timeout)
+            assert self.events[-1].get("seq", 0) >= seq, (seq, self.events[-1], self.close_code)
+
+
+def stalled_feed(srv, call_id: str):
+    """An event feed client that reads one message at a time, when told to: a tiny socket receive buffer, no
+    compression, one message buffered, so the server's sends to it block once a few MB are on their way."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((srv.host, srv.port))
+    return connect(ws_url(srv, f"/v1/calls/{call_id}/events", SUP), sock=sock, max_queue=1, compression=None,
+                   ping_interval=None)  # (a client that reads nothing gets no pongs either)
+
+
+def emit_events(srv, live, events: list) -> int:
+    """Emit events into a live call on the server's loop (stored, then published, like the pipeline's); its last seq."""
+    def emit_all() -> int:
+        for ev in events:
+            live.pipeline.emit(ev)
+        return live.seq
+
+    return srv.call(emit_all)
+
+
+def fill_slow_queues(srv, live, fast: FeedReader, limit: int = 2000) -> int:
+    """Publish big partials one at a time (each read by ``fast`` before the next) until two feed clients that read
+    nothing have full queues (their sockets are full first): one partial coalesced in both.  Its seq."""
+    stats = srv.services.bus.stats
+    text = "please hold the line while I look into this " * 360  # ~16 KB per event
+    for i in range(limit):
+        before = srv.call(lambda: stats.coalesced)
+        seq = emit_events(srv, live, [TranscriptPartial(call_id=live.call_id, t=i, channel="customer", start=i,
+                                                        end=i + 0.5, text=f"{text}{i}")])
+        fast.wait_for_seq(seq)
+        if srv.call(lambda: stats.coalesced) - before == 2:
+            return seq
+    raise AssertionError(f"the slow clients' queues never filled ({limit} partials published, {stats})")
+
+
+def cut_off_hopeless(srv, live, readers: list[FeedReader], limit: int = 80) -> None:
+    """Publish finals one at a time (each read by ``readers`` before the next) until the bus cuts a subscriber off."""
+    stats = srv.services.bus.stats
+    for i in range(limit):
+        seq = emit_events(srv, live, [TranscriptFinal(call_id=live.call_id, t=100 + i, channel="agent", start=100 + i,
+                                                      end=100.5 + i, text=f"essential line {i}")])
+        for r in readers:
+            r.wait_for_seq(seq)
+        if srv.call(lambda: stats.overflowed):
+            return
+    raise AssertionError(f"no subscriber was cut off after {limit} finals")
+
+
+def test_slow_subscriber_does_not_hold_back_ingest_or_others(tmp_path, runtime):
+    """Two feed clients stop reading until their sockets and then their queues (subscriber_queue = 8) are full:
+    the one that reads again later gets every essential event with the partials coalesced; the one that never
+    reads is cut off with 4408 past 4 x 8 essential events and catches up with ?after=; the producer and a client
+    that keeps reading are not held back."""
     audio, rate = load_stereo()
-    with connect(ws_url(server, "/v1/calls/slow-1/audio", INGEST)) as ws:
-        ws.send(start_msg(events=False))
-        json.loads(ws.recv(timeout=10))
-        # a desktop that reads nothing until the call is over
-        with connect(ws_url(server, "/v1/calls/slow-1/events", SUP), max_queue=1) as slow:
-            fast: list[dict] = []
-            t = threading.Thread(target=lambda: fast.extend(read_events(server, "slow-1", timeout=40)))
-            t.start()
-            t0 = time.monotonic()
-            for i in range(0, len(audio), rate // 50):
-                ws.send(encode_pcm(audio[i : i + rate // 50], "pcm_s16le"))
-            ws.send(json.dumps({"type": "stop"}))
-            expect_refusal(ws, close=1000)
-            elapsed = time.monotonic() - t0
-            t.join(40)
-            got = []
-            try:
-                while True:
-                    got.append(json.loads(slow.recv(timeout=10)))
-            except (ConnectionClosed, TimeoutError):
-                pass
-    assert fast and fast[-1]["type"] == "call.ended"
-    assert elapsed < 20
-    # nothing but partials / emotion updates may be skipped for the slow one
-    assert [e["seq"] for e in got if e["type"] != "transcript.partial"] == \
-        [e["seq"] for e in fast if e["type"] != "transcript.partial"]
+    settings = make_settings(tmp_path)
+    # (a client that reads nothing answers no pings either: no keepalive timeout while it is stuck)
+    with ServerThread(create_app(settings, runtime), settings, ws_ping_interval=None) as srv, \
+            connect(ws_url(srv, "/v1/calls/slow-1/audio", INGEST)) as producer, contextlib.ExitStack() as feeds:
+        srv.wait_ready()
+        producer.send(start_msg())
+        assert json.loads(producer.recv(timeout=10))["type"] == "started"
+        live = srv.call(lambda: srv.services.registry.live["slow-1"])
+        head = rate // 10
+        stream_audio(producer, audio[:head], rate)  # the call starts (call.started) with its first audio
+        paused, hopeless = (feeds.enter_context(stalled_feed(srv, "slow-1")) for _ in range(2))
+        # the feed subscribes before it sends the stored events: the first one means the client is subscribed
+        firsts = [json.loads(ws.recv(timeout=10)) for ws in (paused, hopeless)]
+        assert [e["type"] for e in firsts] == ["call.started"] * 2
+        fast = FeedReader(feeds.enter_context(connect(ws_url(srv, "/v1/calls/slow-1/events", SUP), max_size=None)))
+        fast.wait_for_seq(1)
+        newest_partial = fill_slow_queues(srv, live, fast)
+        late = FeedReader(paused)  # it reads again; the other one never does
+        late.wait_for_seq(newest_partial)
+        stream_audio(producer, audio[head:], rate)  # ingest goes on while a feed client is stuck
+        cut_off_hopeless(srv, live, [fast, late])
+        producer.send(json.dumps({"type": "stop"}))
+        assert expect_refusal(producer)[1] == 1000
+        for r in (fast, late):
+            r.join(60)
+            assert r.close_code == 1000 and r.events[-1]["type"] == "call.ended"
+        seen, error, close = read_until_closed(hopeless)
+        seen = firsts[1:] + seen
+        assert close == 4408 and error["code"] == "subscriber_too_slow"
+        assert error["message"].endswith(f"?after={seen[-1]['seq']}")
+        rest_ = read_events(srv, "slow-1", after=seen[-1]["seq"])
+        stored = read_events(srv, "slow-1")
+    check_seqs(stored)
+    assert fast.events == stored  # the reading client lost nothing
+    assert [e["seq"] for e in seen + rest_] == [e["seq"] for e in stored]  # the cut-off one caught up, no gaps
+    essential = [e["seq"] for e in stored if e["type"] not in DROPPABLE]
+    late_events = firsts[:1] + late.events
+    assert [e["seq"] for e in late_events if e["type"] not in DROPPABLE] == essential
+    partials = {e["seq"] for e in late_events if e["type"] == "transcript.partial"}
+    assert newest_partial in partials and len(partials) < sum(e["type"] == "transcript.partial" for e in stored)
+    text = finals(stored)
+    assert "wizard" in text["customer"].lower() and "horizon" in text["agent"].lower()  # the producer's audio, all of it
+    assert srv.services.bus.stats.overflowed == 1 and srv.services.bus.stats.coalesced > 0
 
 
 # --------------------------------------------------------------------------- Twilio
@@ -529,10 +666,15 @@ def test_server_still_healthy_after_bad_input(server):
 # --------------------------------------------------------------------------- auth
 
 
-def test_rest_auth_matrix(server):
+@pytest.fixture(scope="module")
+def auth_calls(server) -> None:
+    """Two ended calls, one per agent, for the auth tests (whichever of them runs first)."""
     audio, rate = load_stereo()
     stream(server, "auth-a1", audio[: rate // 2], rate, agent_id="a1")
     stream(server, "auth-a2", audio[: rate // 2], rate, agent_id="a2")
+
+
+def test_rest_auth_matrix(server, auth_calls):
     assert rest(server, "/v1/calls")[0] == 401
     assert rest(server, "/v1/calls", "not-a-valid-token")[0] == 401
     assert rest(server, "/v1/calls", INGEST)[0] == 403
@@ -567,9 +709,7 @@ def test_rest_auth_matrix(server):
     ("/v1/calls/auth-x/audio", AGENT1, False),
     ("/v1/calls/auth-x/audio", SUP, False),
 ])
-def test_websocket_auth_matrix(server, path, token, ok):
-    if path.startswith("/v1/calls/auth-a1") and rest(server, "/v1/calls/auth-a1", SUP)[0] != 200:
-        stream(server, "auth-a1", np.zeros((1600, 2), np.float32), 16000, agent_id="a1")
+def test_websocket_auth_matrix(server, auth_calls, path, token, ok):
     with connect(ws_url(server, path, token)) as ws:
         if path.endswith("/audio"):
             try:
@@ -658,11 +798,12 @@ def test_escalation_alert_feed_webhook_and_ack(server):
         if sum(1 for d in info["deliveries"] if d["ok"]) >= 6:
             break
         time.sleep(0.1)
-    raised = [(p, h, b) for p, h, b in Hooks.received if h["X-Calltone-Event"] == "escalation.raised"]
+    # (other tests' alerts may still be delivered: only this one's count)
+    raised = [(p, h, b) for p, h, b in Hooks.received
+              if h["X-Calltone-Event"] == "escalation.raised" and json.loads(b)["alert_id"] == "al-1"]
     assert {p for p, _, _ in raised} == {"/hook", "/flaky"}
     for _, h, body in raised:
         assert verify(SECRET, h["X-Calltone-Timestamp"], body, h["X-Calltone-Signature"])
-        assert json.loads(body)["alert_id"] == "al-1"
     flaky = [d for d in info["deliveries"] if d["url"].endswith("/flaky") and d["event_type"] == "escalation.raised"]
     assert [d["ok"] for d in flaky] == [0, 1] and flaky[0]["status_code"] == 500
 
@@ -688,11 +829,7 @@ def test_real_escalate_call_alerts_supervisors(server, tmp_path):
     """A composed escalate call (real Mandarin speech, 8 kHz telephony, µ-law) streamed
     over the native ingest: emotion updates on the call feed and an escalation alert on
     the supervisor feed after the anger onset (fed at 2x real time to keep the test short)."""
-    import subprocess
-    import sys
-
-    shared = Path(__file__).resolve().parents[1].parent / "shared"
-    subprocess.run([sys.executable, str(shared / "tools" / "make_calls.py"), str(shared / "data" / "emotion-speech"), str(tmp_path),
+    subprocess.run([sys.executable, str(require(MAKE_CALLS)), str(require(EMOTION_SPEECH)), str(tmp_path),
                     "--calls", "2", "--lang", "zh", "--telephony", "--seed", "21"], check=True, capture_output=True)
     truth = json.loads((tmp_path / "call001-escalate.json").read_text(encoding="utf-8"))
     audio, rate = sf.read(str(tmp_path / "call001-escalate.wav"), dtype="float32", always_2d=True)
@@ -709,9 +846,10 @@ def test_real_escalate_call_alerts_supervisors(server, tmp_path):
                 if msg["type"] == "escalation.raised" and msg["call_id"] == "real-esc":
                     alerts.append(msg)
 
+    listening = subscribers(server, "alerts") + 1
     listener = threading.Thread(target=listen)
     listener.start()
-    time.sleep(0.5)
+    wait_until(lambda: subscribers(server, "alerts") >= listening, "the alert feed to subscribe")
     events = stream(server, "real-esc", audio, rate, encoding="mulaw", speed=2.0, frame_s=0.02, timeout=120)
     listener.join(130)
     updates = [e for e in events if e["type"] == "emotion.update"]

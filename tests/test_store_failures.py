@@ -20,10 +20,11 @@ from websockets.sync.client import connect
 from calltone.server.app import ServerThread, create_app
 from calltone.speech.audio import encode_pcm
 
+from .conftest import needs_shared
 from .test_server import ADMIN, INGEST, STEREO, SUP, check_seqs, expect_refusal, load_stereo, make_settings, read_events, \
     rest, start_msg, ws_url
 
-pytestmark = pytest.mark.skipif(not STEREO.is_file(), reason=f"{STEREO} not available")
+pytestmark = needs_shared(STEREO)
 
 
 @pytest.fixture
