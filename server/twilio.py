@@ -162,7 +162,8 @@ class TwilioProtocol:
         if not valid_call_id(call_id):
             raise ProtocolError("bad_call_id", f"no usable call id (callSid / customParameters.call_id): {call_id[:80]!r}")
         self._check_format(start["mediaFormat"] if isinstance(start.get("mediaFormat"), dict) else {})
-        names = [t for t in (start.get("tracks") or ["inbound", "outbound"]) if isinstance(t, str) and t in TWILIO_TRACKS]
+        announced = start.get("tracks") or ["inbound", "outbound"]
+        names = [t for t in announced if isinstance(t, str) and t in TWILIO_TRACKS] if isinstance(announced, list) else []
         if not names:
             raise ProtocolError("bad_channel_roles", f"no known tracks in {str(start.get('tracks'))[:80]}")
         self.tracks = {t: Track(TWILIO_TRACKS[t], self.limits.twilio_max_gap_s) for t in names}
