@@ -7,8 +7,8 @@ send headers: ``customParameters.token``).  Browsers never put the token in a UR
 a page trades it (``POST /v1/ws-ticket``) for a single-use *ticket* that lives 30 s
 and opens the websocket with ``?ticket=``; batch reports are opened with a
 single-use link ticket that becomes a cookie holding a ticket valid only for that
-job's reports.  ``?token=`` on a websocket still works for old clients (deprecated;
-the access log scrubs it, see :mod:`calltone.server.security`).
+job's reports.  A bearer token in a URL (``?token=``) is never accepted; whatever a
+client still sends there is scrubbed from the access log (:mod:`calltone.server.security`).
 
 With no tokens configured the service runs in *dev mode*: every request is ``admin``.
 :func:`check_bind` refuses dev mode on anything but a loopback address.
@@ -176,7 +176,6 @@ class Authenticator:
     def __init__(self, tokens: Mapping[str, str]) -> None:
         self._tokens = parse_tokens(tokens)
         self.tickets = TicketBook()
-        self._warned_url_token = False
 
     @property
     def dev_mode(self) -> bool:
@@ -205,15 +204,8 @@ class Authenticator:
 
     @staticmethod
     def token_from(headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:
-        """A websocket's credential: the bearer header, ``?ticket=``, or ``?token=`` (deprecated)."""
-        return Authenticator.bearer(headers) or query.get("ticket") or query.get("token") or None
-
-    def warn_url_token(self) -> None:
-        """Log once that a client still sends its bearer token in a URL."""
-        if not self._warned_url_token:
-            self._warned_url_token = True
-            log.warning("a client sent its bearer token in a URL (?token=); use the Authorization header or a ticket "
-                        "(POST /v1/ws-ticket) instead: URLs end up in proxy logs (docs/security.md)")
+        """A websocket's credential: the bearer header or ``?ticket=`` (a bearer token is never taken from a URL)."""
+        return Authenticator.bearer(headers) or query.get("ticket") or None
 
     def roles(self) -> Iterable[Principal]:
         return self._tokens.values()

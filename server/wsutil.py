@@ -24,8 +24,6 @@ def services(ws: WebSocket) -> Services:
 def ws_principal(ws: WebSocket, token: str | None = None) -> Principal | None:
     """Who opened ``ws``: ``token`` if given, else the Authorization header or a ticket (``?ticket=``)."""
     auth = ws.app.state.auth
-    if "token" in ws.query_params:
-        auth.warn_url_token()
     return auth.lookup(token or auth.token_from(ws.headers, ws.query_params), scope=WS_SCOPE)
 
 

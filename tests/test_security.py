@@ -166,7 +166,8 @@ def test_websockets_open_with_single_use_tickets(server):
 def test_access_log_never_shows_a_credential(server):
     server.logs.lines.clear()
     first_frame(server, f"/v1/calls/sec-a1/events?after=0&ticket={ticket(server, SUP)}")
-    first_frame(server, f"/v1/calls/sec-a1/events?token={SUP}&after=0")  # an old client: deprecated, still works
+    msg, code = first_frame(server, f"/v1/calls/sec-a1/events?token={SUP}&after=0")  # a token in a URL: refused
+    assert (msg["code"], code) == ("unauthorized", 1008)
     request(server, "GET", f"/agent?x=1&token={AGENT1}")
     logged = "\n".join(server.logs.lines)
     assert "/v1/ws-ticket" in logged and "/v1/calls/sec-a1/events" in logged and "/agent" in logged, logged

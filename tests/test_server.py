@@ -121,8 +121,12 @@ def load_stereo(rate: int | None = None) -> tuple[np.ndarray, int]:
 
 
 def ws_url(srv, path: str, token: str | None = None) -> str:
+    """A websocket URL carrying a single-use ticket for ``token`` (as the pages do), none when the token is refused."""
+    if not token:
+        return f"{srv.ws}{path}"
+    status, body = rest(srv, "/v1/ws-ticket", token, "POST")
     sep = "&" if "?" in path else "?"
-    return f"{srv.ws}{path}" + (f"{sep}token={token}" if token else "")
+    return f"{srv.ws}{path}" + (f"{sep}ticket={body['ticket']}" if status == 200 else "")
 
 
 def rest(srv, path: str, token: str | None = None, method: str = "GET", body: dict | None = None) -> tuple[int, object]:
