@@ -22,15 +22,7 @@ from calltone.server.security import SCRUBBED_LOGGERS
 from calltone.settings import ServerSettings, Settings
 
 from .conftest import REPO
-
-TOKENS = {
-    "ingest-token-0001": "ingest",
-    "agent-a1-token-01": "agent:a1",
-    "agent-a2-token-01": "agent:a2",
-    "supervisor-tok-01": "supervisor:sam",
-    "qa-token-0000001": "qa:quinn",
-}
-INGEST, AGENT1, AGENT2, SUP, QA = TOKENS
+from .test_server import AGENT1, AGENT2, INGEST, QA, SUP, TOKENS
 PARTNER = "https://crm.example.com"
 EVIL = "http://evil.example"
 
