@@ -58,6 +58,8 @@ class PrivacySettings(BaseModel):
     mask_pii: bool = Field(True, description="mask card/phone/ID numbers and e-mail in transcripts before storage")
     keep_audio: bool = Field(False, description="store raw call audio (off by default)")
     retention_days: int = Field(30, description="calls older than this are purged (0 = keep forever)")
+    purge_interval_s: float = Field(3600.0, gt=0, description="how often the retention purge runs (with server.bus_url: "
+                                    "by one node per interval)")
 
 
 class ServerSettings(BaseModel):
@@ -77,6 +79,9 @@ class ServerSettings(BaseModel):
     bus_ttl_s: float = Field(300.0, gt=0, description="Redis bus: seconds a call's stream is kept after call.ended")
     webhooks: list[str] = Field(default_factory=list, description="URLs that receive escalation alerts (JSON POST)")
     webhook_secret: str = Field("", description="HMAC-SHA256 key for the X-Calltone-Signature header")
+    webhook_timeout_s: float = Field(5.0, gt=0, description="seconds one webhook attempt waits for an answer")
+    webhook_claim_idle_s: float = Field(30.0, gt=0, description="with bus_url: a delivery its node has not touched for "
+                                        "this long (the node died) is taken over by another node (docs/deploy.md)")
     allowed_origins: list[str] = Field(default_factory=list, description="browser origins besides the service's own that may "
                                        "open websockets and send POSTs, e.g. ['https://crm.example.com'] (docs/security.md)")
     trusted_proxies: list[str] = Field(default_factory=list, description="addresses/CIDRs of reverse proxies whose "

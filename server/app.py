@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 import sys
 import threading
 import time
@@ -29,19 +28,18 @@ from calltone.server.calls import Services
 from calltone.server.database import open_repository
 from calltone.server.native import NativeProtocol
 from calltone.server.protocol import Limits
+from calltone.server.retention import purge_expired, purge_loop  # noqa: F401 -- purge_expired: this module's API
 from calltone.server.signature import AudioHookVerifier
 from calltone.server.twilio import TwilioProtocol
 from calltone.server.metrics import Metrics
 from calltone.server.store import AsyncStore
-from calltone.server.webhooks import WebhookSender
+from calltone.server.webhooks import create_webhooks
 
 if TYPE_CHECKING:
     from calltone.runtime import Runtime
     from calltone.settings import Settings
 
 log = logging.getLogger("calltone.server")
-
-PURGE_INTERVAL_S = 3600.0
 
 
 def data_dir(settings: "Settings") -> Path:
@@ -72,8 +70,8 @@ def create_app(settings: "Settings", runtime: "Runtime | None" = None, *, limits
         await bus.start()
         s = Services(settings, store, bus, metrics, runtime=runtime,
                      audio_dir=ddir / "audio", jobs_dir=ddir / "jobs")
-        s.webhooks = WebhookSender(settings.server.webhooks, settings.server.webhook_secret, store, metrics,
-                                   base_delay_s=webhook_base_delay_s)
+        s.webhooks = create_webhooks(settings.server, store, metrics, webhook_base_delay_s)  # Redis too with bus_url
+        await s.webhooks.start()
         _attach_gauges(s)
         app.state.services = s
         app.state.loop = asyncio.get_running_loop()
@@ -81,7 +79,7 @@ def create_app(settings: "Settings", runtime: "Runtime | None" = None, *, limits
         if interrupted:
             log.warning("%d call(s) were live when the server last stopped; marked interrupted (a producer may resume them)",
                         interrupted)
-        tasks: list[asyncio.Task] = [asyncio.ensure_future(_purge_loop(s))]
+        tasks: list[asyncio.Task] = [asyncio.ensure_future(purge_loop(s))]
         if s.runtime is None:
             tasks.append(asyncio.ensure_future(_load_runtime(s)))
         if demo:
@@ -162,35 +160,6 @@ async def _load_runtime(s: Services) -> None:
         log.exception("loading the speech runtime failed; /readyz stays 503")
         return
     log.info("speech runtime ready (%s) in %.1f s", s.settings.asr.model, time.perf_counter() - t0)
-
-
-async def _purge_loop(s: Services) -> None:
-    days = s.settings.privacy.retention_days
-    if days <= 0:
-        return
-    while True:
-        try:
-            await purge_expired(s)
-        except Exception:
-            log.exception("retention purge failed")
-        await asyncio.sleep(PURGE_INTERVAL_S)
-
-
-async def purge_expired(s: Services, now: float | None = None) -> list[str]:
-    """Delete calls (events, alerts, deliveries, kept audio) older than privacy.retention_days."""
-    days = s.settings.privacy.retention_days
-    if days <= 0:
-        return []
-    before = (now or time.time()) - days * 86400
-    ids = await s.store.write(lambda r: r.purge(before))
-    if s.audio_dir is not None:
-        for call_id in ids:
-            d = s.audio_dir / call_id
-            if d.is_dir():
-                await asyncio.to_thread(shutil.rmtree, d, True)
-    if ids:
-        log.info("retention: purged %d call(s) older than %d days", len(ids), days)
-    return ids
 
 
 def _attach_gauges(s: Services) -> None:

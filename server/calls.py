@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from calltone.server.registry import CallRegistry
     from calltone.server.store import Repository
     from calltone.server.jobs import JobRunner
-    from calltone.server.webhooks import WebhookSender
+    from calltone.server.webhooks import WebhookQueue
     from calltone.settings import Settings
 
 log = logging.getLogger("calltone.server.calls")
@@ -71,7 +71,7 @@ class Services:
     bus: Bus
     metrics: Metrics
     runtime: "Runtime | None" = None
-    webhooks: "WebhookSender | None" = None
+    webhooks: "WebhookQueue | None" = None
     audio_dir: Path | None = None
     jobs_dir: Path | None = None
     registry: "CallRegistry" = field(init=False)
