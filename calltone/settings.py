@@ -77,6 +77,10 @@ class ServerSettings(BaseModel):
     bus_url: str = Field("", description="Redis Streams bus shared by many nodes, e.g. 'redis://127.0.0.1:6379/0' "
                          "(the `scaleout` extra); unset: the in-process bus")
     bus_ttl_s: float = Field(300.0, gt=0, description="Redis bus: seconds a call's stream is kept after call.ended")
+    node_heartbeat_s: float = Field(2.0, gt=0, description="with bus_url: how often a node refreshes its heartbeat and "
+                                    "the leases of its calls in Redis (docs/deploy.md, 'Many nodes: call ownership')")
+    node_ttl_s: float = Field(6.0, gt=0, description="with bus_url: a node without a heartbeat this long is dead: its "
+                              "calls may be resumed on any node and are marked interrupted (at least 2 x node_heartbeat_s)")
     webhooks: list[str] = Field(default_factory=list, description="URLs that receive escalation alerts (JSON POST)")
     webhook_secret: str = Field("", description="HMAC-SHA256 key for the X-Calltone-Signature header")
     webhook_timeout_s: float = Field(5.0, gt=0, description="seconds one webhook attempt waits for an answer")

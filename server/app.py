@@ -75,10 +75,7 @@ def create_app(settings: "Settings", runtime: "Runtime | None" = None, *, limits
         _attach_gauges(s)
         app.state.services = s
         app.state.loop = asyncio.get_running_loop()
-        interrupted = await store.write(lambda r: r.interrupt_live())
-        if interrupted:
-            log.warning("%d call(s) were live when the server last stopped; marked interrupted (a producer may resume them)",
-                        interrupted)
+        await s.registry.start()  # calls left live by nodes that are gone become interrupted (server/ownership.py)
         tasks: list[asyncio.Task] = [asyncio.ensure_future(purge_loop(s))]
         if s.runtime is None:
             tasks.append(asyncio.ensure_future(_load_runtime(s)))
@@ -96,6 +93,7 @@ def create_app(settings: "Settings", runtime: "Runtime | None" = None, *, limits
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await s.registry.finish_all("shutdown")
+            await s.registry.close()
             await s.jobs.close()
             await s.webhooks.close()
             await bus.close()

@@ -39,6 +39,7 @@ from calltone.server.audiokeeper import AudioKeeper
 from calltone.server.bus import Bus, Message
 from calltone.server.calltime import CallClock
 from calltone.server.metrics import Metrics
+from calltone.server.ownership import LeaseLost
 from calltone.server.protocol import AlertMessage, ProtocolError
 from calltone.server.store import AsyncStore, StoreUnavailable
 from calltone.summary import compute_summary
@@ -58,8 +59,9 @@ SUMMARY_TYPES = ("transcript.final", "emotion.update", "escalation.raised", "esc
 TRANSCRIPT_TYPES = ("transcript.partial", "transcript.final")
 # The resume position (call row duration_s) is stored with every event and at each multiple of this.
 POSITION_EVERY_S = 1.0
-# How a call may end without call.ended: its row is left "interrupted" and the same call id resumes it.
-RESUMABLE_ENDINGS = frozenset({"shutdown", "interrupted", "error:store_unavailable"})
+# How a call may end without call.ended: its row is left "interrupted" and the same call id resumes it
+# ("lease_lost": another node owns the call now, or will when its producer reconnects; server/ownership.py).
+RESUMABLE_ENDINGS = frozenset({"shutdown", "interrupted", "error:store_unavailable", "lease_lost"})
 
 
 @dataclass
@@ -157,8 +159,16 @@ class LiveCall:
         if seconds:
             self.clock.skip(max(self._received.values(), default=0) / SAMPLE_RATE, seconds)
 
+    def lose(self, why: LeaseLost) -> None:
+        """This node no longer owns the call: nothing more of it is stored or published, and the producer's next
+        push is refused with ``shutting_down`` (reconnect to resume)."""
+        if self.store_error is None:
+            self.store_error = why
+
     def _write_refusal(self) -> ProtocolError:
         exc = self.store_error
+        if isinstance(exc, LeaseLost):
+            return ProtocolError("shutting_down", str(exc))
         if exc is not None and self.s.store.is_storage_failure(exc):
             return ProtocolError("store_unavailable", f"this call's events cannot be stored ({exc}); reconnect later with "
                                                       "the same call id to resume it")
@@ -224,10 +234,14 @@ class LiveCall:
         fields: dict[str, Any] = {"status": "interrupted", "updated_at": time.time()}
         if self.store_error is None:  # else the row keeps the position of the last write that was stored
             fields["duration_s"] = round(self.position_s, 3)
+        owner = self.s.registry.ownership.node_id
         try:
-            await self.s.store.write(lambda r: r.update_call(self.call_id, **fields))
+            held = await self.s.store.write(lambda r: r.hold_call(self.call_id, owner, **fields))
         except Exception as exc:  # noqa: BLE001 -- the row stays "live", which resumes the same way
             log.warning("call %s: could not mark it interrupted: %s", self.call_id, exc)
+            return
+        if not held:
+            log.info("call %s: left as it is (another node owns it now, or it was marked interrupted)", self.call_id)
 
     async def flush(self) -> None:
         """Wait until everything emitted so far is stored and published."""
@@ -289,13 +303,15 @@ class LiveCall:
         """Queue one write of this call (its ops and the resume position); ``then(error)`` runs on the loop after it.
         The write is refused once an earlier one of this call failed: the store settles each failed write before it
         runs the next, so ``store_error`` is set in time."""
-        call_id, position = self.call_id, round(self.position_s, 3)
+        call_id, position, owner = self.call_id, round(self.position_s, 3), self.s.registry.ownership.node_id
         self._persisted = position
 
         def write(repo: "Repository") -> None:
             if self.store_error is not None:
                 raise StoreUnavailable(f"an earlier write of call {call_id} failed")
-            repo.update_call(call_id, duration_s=position)
+            if not repo.hold_call(call_id, owner, duration_s=position):  # the fence: see server/ownership.py
+                raise LeaseLost(f"this node no longer owns call {call_id} (another node took it over, or it was "
+                                "marked interrupted); reconnect with the same call id to resume it")
             for op in ops:
                 op(repo)
 
@@ -312,7 +328,11 @@ class LiveCall:
         self._last_write = fut
 
     def _report_write_failure(self, exc: BaseException) -> None:
-        """Tell the supervisors (``alerts`` topic; an alert-shaped ``store.failed`` message) that this call lost events."""
+        """Tell the supervisors (``alerts`` topic; an alert-shaped ``store.failed`` message) that this call lost events
+        (not when another node has taken the call over: it goes on there)."""
+        if isinstance(exc, LeaseLost):
+            log.warning("call %s: %s", self.call_id, exc)
+            return
         log.error("call %s: a write failed (%s); nothing more of this call is stored or published", self.call_id, exc)
         body = {"type": "store.failed", "alert_id": f"store-{new_alert_id()}", "call_id": self.call_id,
                 "agent_id": self.agent_id, "channel": None, "reason": f"events of this call could not be stored: {exc}",

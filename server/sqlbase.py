@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 CALL_FIELDS = ("call_id", "status", "agent_id", "language", "metadata", "roles", "started_at", "ended_at",
-               "duration_s", "escalations", "summary", "last_seq", "updated_at")
+               "duration_s", "escalations", "summary", "last_seq", "updated_at", "owner_node")
 ALERT_FIELDS = ("alert_id", "call_id", "agent_id", "channel", "reason", "evidence", "excerpt", "status", "t", "seq",
                 "raised_at", "cleared_at", "acked_by", "acked_at", "barge_in", "note")
 JSON_FIELDS = frozenset({"metadata", "roles", "summary", "evidence", "excerpt"})
@@ -130,6 +130,31 @@ class SqlRepository(ABC):
     def interrupt_live(self) -> int:
         """After a crash: calls left 'live' become 'interrupted' (a producer may resume them)."""
         return self._run("UPDATE calls SET status='interrupted' WHERE status='live'", {})
+
+    def hold_call(self, call_id: str, owner: str, **fields: Any) -> bool:
+        """Update the call's row only while it is live and ``owner`` owns it (the fence of a node's writes to its
+        call); False, changing nothing, once another node has taken the call over or it was marked interrupted."""
+        check_fields(fields, CALL_FIELDS, "call")
+        row = encode(fields)
+        sets = ", ".join(f"{k}={self._p(k)}" for k in row) or "owner_node=owner_node"
+        return self._run(f"UPDATE calls SET {sets} WHERE call_id={self._p('_id')} AND owner_node={self._p('_owner')} "
+                         "AND status='live'", {**row, "_id": call_id, "_owner": owner}) > 0
+
+    def live_owners(self) -> list[str | None]:
+        """The nodes owning live calls (None: calls from before calls had owners)."""
+        return [r["owner_node"] for r in self._rows("SELECT DISTINCT owner_node FROM calls WHERE status='live'", {})]
+
+    def interrupt_owned(self, owners: Sequence[str | None]) -> int:
+        """The live calls of these (dead) nodes become 'interrupted' (a producer may resume them on any node)."""
+        nodes = [o for o in owners if o is not None]
+        conditions = [self._in("owner_node", nodes, "o")[0]] if nodes else []
+        if len(nodes) < len(owners):
+            conditions.append("owner_node IS NULL")
+        if not conditions:
+            return 0
+        params = self._in("owner_node", nodes, "o")[1]
+        return self._run(f"UPDATE calls SET status='interrupted' WHERE status='live' AND ({' OR '.join(conditions)})",
+                         params)
 
     def probe(self) -> None:
         """Rewrite one row with a page's worth of bytes, so the write needs free space as an event would."""
