@@ -76,6 +76,7 @@ async def stream_call(url: str, call_id: str, audio: np.ndarray, rate: int, *, e
                       on_send: Callable[[float, float], None] | None = None, frame_ms: float | None = None,
                       partials: bool = True) -> dict | None:
     """Stream ``audio`` (frames x channels float, at ``rate``) as one call; return the call.ended event (or None).
+    When the server resumes the call (``started.resumed``), streaming starts at ``started.t_offset``.
 
     ``on_send(audio_end_s, monotonic_time)`` is called after each frame is sent (for latency measurements).
     """
@@ -96,6 +97,8 @@ async def stream_call(url: str, call_id: str, audio: np.ndarray, rate: int, *, e
         first = json.loads(await ws.recv())
         if first.get("type") != "started":
             raise ReplayError(f"server refused the call: {first.get('code')}: {first.get('message')}")
+        # a resumed call (after a server crash or restart) goes on from the audio the server had taken
+        resume_at = int(round(float(first.get("t_offset") or 0.0) * rate)) if first.get("resumed") else 0
 
         async def receive() -> None:
             nonlocal ended
@@ -113,7 +116,7 @@ async def stream_call(url: str, call_id: str, audio: np.ndarray, rate: int, *, e
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         try:
-            for i in range(0, len(audio), step):
+            for i in range(resume_at, len(audio), step):
                 if receiver.done():
                     break
                 await ws.send(encode_pcm(audio[i : i + step], encoding))
@@ -121,7 +124,7 @@ async def stream_call(url: str, call_id: str, audio: np.ndarray, rate: int, *, e
                 if on_send is not None:
                     on_send(end_s, time.monotonic())
                 if speed > 0:
-                    delay = t0 + end_s / speed - loop.time()
+                    delay = t0 + (end_s - resume_at / rate) / speed - loop.time()
                     if delay > 0:
                         await asyncio.sleep(delay)
             if not receiver.done():

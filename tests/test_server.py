@@ -26,6 +26,7 @@ from websockets.sync.client import connect
 
 from calltone.events import TranscriptFinal, TranscriptPartial
 from calltone.server.app import ServerThread, create_app, purge_expired
+from calltone.server.replay import stream_call
 from calltone.server.bus import DROPPABLE
 from calltone.speech.audio import encode_pcm
 from calltone.speech.g711 import ulaw_encode
@@ -450,6 +451,32 @@ def cut_off_hopeless(srv, live, readers: list[FeedReader], limit: int = 80) -> N
         if srv.call(lambda: stats.overflowed):
             return
     raise AssertionError(f"no subscriber was cut off after {limit} finals")
+
+
+def test_replay_client_resumes_at_the_servers_offset(tmp_path, runtime):
+    """calltone replay (stream_call) holds the whole recording: after a restart it re-sends from started.t_offset."""
+    audio, rate = load_stereo()
+    settings = make_settings(tmp_path)
+    srv = ServerThread(create_app(settings, runtime), settings).start().wait_ready()
+    try:
+        with connect(ws_url(srv, "/v1/calls/rr-1/audio", INGEST)) as ws:
+            ws.send(start_msg())
+            assert json.loads(ws.recv(timeout=10))["type"] == "started"
+            for i in range(0, 2 * rate, rate // 10):  # the first 2 s, then the server restarts
+                ws.send(encode_pcm(audio[i : i + rate // 10], "pcm_s16le"))
+            ws.send(json.dumps({"type": "ping"}))
+            assert json.loads(ws.recv(timeout=10))["type"] == "pong"  # everything before it was taken
+            srv.stop()
+    finally:
+        srv.stop()
+    srv2 = ServerThread(create_app(settings, runtime), settings).start().wait_ready()
+    try:
+        ended = asyncio.run(stream_call(srv2.ws, "rr-1", audio, rate, encoding="pcm_s16le", speed=0, token=INGEST,
+                                        language="en", agent_id="a1"))
+        assert ended is not None and ended["summary"]["resumed"] is True
+        assert ended["summary"]["duration_s"] == pytest.approx(5.0, abs=0.05)  # not 2 s of audio sent twice
+    finally:
+        srv2.stop()
 
 
 def test_slow_subscriber_does_not_hold_back_ingest_or_others(tmp_path, runtime):
