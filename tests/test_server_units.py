@@ -193,7 +193,8 @@ def test_auth_tokens_and_bind():
     assert auth.lookup("agent-token-1").can_see_call("a1") and not auth.lookup("agent-token-1").can_see_call("a2")
     assert Authenticator({}).lookup(None).role == "admin"  # dev mode
     assert Authenticator.token_from({"authorization": "Bearer abc"}, {}) == "abc"
-    assert Authenticator.token_from({}, {"token": "q"}) == "q"
+    assert Authenticator.token_from({}, {"ticket": "tkt_q"}) == "tkt_q"
+    assert Authenticator.token_from({}, {"token": "q"}) is None  # a bearer token is never taken from a URL
     with pytest.raises(ConfigError):
         parse_tokens({"short": "admin"})
     with pytest.raises(ConfigError):
