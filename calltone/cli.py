@@ -84,10 +84,13 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from calltone.batch.engine import EnginePlan, open_engine
     from calltone.batch.output import ReportDir
-    from calltone.batch.scorer import ScoreOptions, ScoringPool, find_recordings, plan_workers, report_names
+    from calltone.batch.scorer import ScoreOptions, find_recordings, report_names
 
     settings = _settings(args)
+    plan = EnginePlan(kind=args.engine or settings.batch.engine, workers=args.workers,
+                      address=args.address or settings.batch.ray_address)
     files, failures = find_recordings(args.paths)
     out = ReportDir(Path(args.out))
     names = report_names(files)
@@ -98,9 +101,12 @@ def cmd_score(args: argparse.Namespace) -> int:
     print(f"calltone: {len(files)} recording(s) found, {skipped} already scored (--force to redo), {len(todo)} to score"
           f" -> {out.path}", file=sys.stderr)
     if todo:
-        workers, threads = plan_workers(len(todo), args.workers)
-        print(f"calltone: {workers} worker process(es) x {threads} thread(s), loading models...", file=sys.stderr)
-        pool = ScoringPool(settings, workers, threads)
+        try:
+            pool = open_engine(plan, settings, len(todo))
+        except RuntimeError as exc:  # the ray engine without Ray installed
+            print(f"calltone: {exc}", file=sys.stderr)
+            return 2
+        print(f"calltone: {pool.description}, loading models...", file=sys.stderr)
         audio_s, scored, t0 = 0.0, 0, time.monotonic()
         bar = tqdm(total=len(todo), unit="call", dynamic_ncols=True, file=sys.stderr)
         try:
@@ -222,7 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("score", help="QA: score recorded calls into JSON/HTML reports and a summary.csv")
     sc.add_argument("paths", nargs="+", metavar="PATH", help="recordings (WAV, FLAC, MP3, OGG) or folders of them")
     sc.add_argument("--out", default="qa-reports", help="report folder (default: qa-reports)")
-    sc.add_argument("--workers", type=int, help="worker processes, each with its own models (default: one per core)")
+    sc.add_argument("--workers", type=int, help="worker processes (Ray: actors), each with its own models "
+                    "(default: one per core; Ray: one per CPU of the cluster)")
+    sc.add_argument("--engine", choices=["local", "ray"], help="local worker processes or Ray actors "
+                    "(default: batch.engine, 'local')")
+    sc.add_argument("--address", help="the Ray cluster, e.g. 10.0.0.5:6379 (default: batch.ray_address, RAY_ADDRESS, "
+                    "the cluster `ray start` made here, else a new local one)")
     who = sc.add_mutually_exclusive_group()
     who.add_argument("--customer-channel", type=int, choices=[0, 1], default=0, help="the customer's channel in stereo files")
     who.add_argument("--mono", action="store_true", help="mix the channels; grade the call as one speaker")

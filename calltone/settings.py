@@ -98,6 +98,20 @@ class ServerSettings(BaseModel):
                             "'wss://calltone.example.com' (Twilio signs that URL); default: rebuilt from the request")
 
 
+class BatchSettings(BaseModel):
+    engine: Literal["local", "ray"] = Field("local", description="where `calltone score` and POST /v1/jobs score: "
+                                            "'local' (worker processes / the server's own runtime) or 'ray' (Ray actors; "
+                                            "the `scaleout` extra; docs/batch.md)")
+    ray_address: str = Field("", description="the Ray cluster, e.g. '10.0.0.5:6379'; empty: RAY_ADDRESS, else the "
+                             "cluster `ray start` made on this machine, else a new local one")
+    ray_workers: int | None = Field(None, ge=1, description="Ray actors per job, each one CPU with its own models "
+                                    "(default: the cluster's CPUs, at most one per file)")
+    reports_dir: Path | None = Field(None, description="POST /v1/jobs: the folder of each job's reports and uploads, "
+                                     "shared by every node (default <data_dir>/jobs)")
+    lease_s: float = Field(30.0, gt=0, description="seconds a node's claim on a running job lasts (renewed every "
+                           "third of it); a job whose claim ran out is resumed by another node")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CALLTONE_", env_nested_delimiter="__", extra="ignore")
 
@@ -109,6 +123,7 @@ class Settings(BaseSettings):
     emotion: EmotionSettings = EmotionSettings()
     privacy: PrivacySettings = PrivacySettings()
     server: ServerSettings = ServerSettings()
+    batch: BatchSettings = BatchSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -312,7 +312,7 @@ async def create_job(request: Request, who: Principal = Depends(principal("score
                         raise HTTPException(413, f"{name}: larger than server.max_upload_mb ({settings.server.max_upload_mb} MB)")
                     await asyncio.to_thread(f.write, chunk)
             files.append(target)
-        return jobs.submit(files, options, uploaded=True, job_id=job_id)
+        return await jobs.submit(files, options, uploaded=True, job_id=job_id)
     if ctype.startswith("application/json"):
         try:
             body = JobRequest.model_validate(await request.json())
@@ -329,18 +329,19 @@ async def create_job(request: Request, who: Principal = Depends(principal("score
         files, missing = find_recordings(resolved)
         if missing or not files:
             raise HTTPException(422, f"no recordings found: {[m for m, _ in missing] or body.paths}")
-        return jobs.submit(files, ScoreOptions.model_validate(body.model_dump(exclude={"paths"})), uploaded=False, job_id=job_id)
+        return await jobs.submit(files, ScoreOptions.model_validate(body.model_dump(exclude={"paths"})), uploaded=False,
+                                 job_id=job_id)
     raise HTTPException(415, "send multipart/form-data (files) or application/json ({paths})")
 
 
 @router.get("/v1/jobs", response_model=list[Job], tags=["jobs"], summary="Scoring jobs, newest first")
 async def list_jobs(request: Request, who: Principal = Depends(principal("score"))) -> list[Job]:
-    return sorted(_jobs(request).jobs.values(), key=lambda j: -j.created_at)
+    return await _jobs(request).list_jobs()
 
 
 @router.get("/v1/jobs/{job_id}", response_model=Job, tags=["jobs"], summary="A job's progress, results and errors")
 async def get_job(job_id: str, request: Request, who: Principal = Depends(principal("score"))) -> Job:
-    job = _jobs(request).jobs.get(job_id)
+    job = await _jobs(request).get(job_id)  # read from the store: any node answers for any job
     if job is None:
         raise HTTPException(404, f"no job {job_id}")
     return job
@@ -349,7 +350,7 @@ async def get_job(job_id: str, request: Request, who: Principal = Depends(princi
 @router.post("/v1/jobs/{job_id}/report-link", response_model=ReportLink, tags=["jobs"],
              summary="A link that opens the job's reports in a browser (single use; sets a cookie for this job only)")
 async def report_link(job_id: str, request: Request, who: Principal = Depends(principal("score"))) -> ReportLink:
-    if job_id not in _jobs(request).jobs:
+    if await _jobs(request).get(job_id) is None:
         raise HTTPException(404, f"no job {job_id}")
     ticket = request.app.state.auth.tickets.issue(who, report_link_scope(job_id), REPORT_LINK_TTL_S)
     return ReportLink(url=f"/v1/jobs/{job_id}/reports/index.html?ticket={ticket}", expires_in=int(REPORT_LINK_TTL_S))

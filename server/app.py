@@ -73,6 +73,7 @@ def create_app(settings: "Settings", runtime: "Runtime | None" = None, *, limits
         s.webhooks = create_webhooks(settings.server, store, metrics, webhook_base_delay_s)  # Redis too with bus_url
         await s.webhooks.start()
         _attach_gauges(s)
+        s.jobs.start()  # claims unfinished jobs in the store (this node's or a dead node's)
         app.state.services = s
         app.state.loop = asyncio.get_running_loop()
         await s.registry.start()  # calls left live by nodes that are gone become interrupted (server/ownership.py)

@@ -19,7 +19,12 @@ CALL_FIELDS = ("call_id", "status", "agent_id", "language", "metadata", "roles",
                "duration_s", "escalations", "summary", "last_seq", "updated_at", "owner_node")
 ALERT_FIELDS = ("alert_id", "call_id", "agent_id", "channel", "reason", "evidence", "excerpt", "status", "t", "seq",
                 "raised_at", "cleared_at", "acked_by", "acked_at", "barge_in", "note")
-JSON_FIELDS = frozenset({"metadata", "roles", "summary", "evidence", "excerpt"})
+JOB_FIELDS = ("job_id", "status", "engine", "options", "uploaded", "owner", "lease_until", "error", "created_at",
+              "started_at", "finished_at", "updated_at")
+JOB_ITEM_FIELDS = ("job_id", "seq", "file", "name", "status", "call_id", "report", "report_json", "error", "audio_s",
+                   "language", "peak_grade", "escalations", "started_at", "finished_at", "updated_at")
+JOB_OPEN = "status IN ('queued', 'running')"  # a job someone may (still) score
+JSON_FIELDS = frozenset({"metadata", "roles", "summary", "evidence", "excerpt", "options"})
 PURGE_CHUNK = 500  # call ids per DELETE (SQLite bounds the number of parameters)
 PROBE_BYTES = 4096  # a page's worth: the probe needs free space as an event would (random: not compressible)
 
@@ -226,3 +231,61 @@ class SqlRepository(ABC):
         """Every attempt logged for the alert, in the order they were logged."""
         rows = self._rows(f"SELECT * FROM deliveries WHERE alert_id={self._p('id')} ORDER BY id", {"id": alert_id})
         return [dict(r) for r in rows]
+
+    # -- scoring jobs (server/jobs.py): a job row, one item row per recording --------------------
+    def _insert(self, table: str, fields: tuple[str, ...], values: Mapping[str, Any]) -> None:
+        row = encode({k: values[k] for k in fields if k in values})
+        self._run(f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join(self._p(k) for k in row)})", row)
+
+    def insert_job(self, job: dict, items: list[dict]) -> None:
+        self._insert("jobs", JOB_FIELDS, job)
+        for item in items:
+            self._insert("job_items", JOB_ITEM_FIELDS, {**item, "job_id": job["job_id"]})
+
+    def claimable_jobs(self, now: float, limit: int = 10) -> list[str]:
+        """Unfinished jobs nobody holds (never claimed, or their claim ran out), oldest first."""
+        rows = self._rows(f"SELECT job_id FROM jobs WHERE {JOB_OPEN} AND (lease_until IS NULL OR lease_until < "
+                          f"{self._p('now')}) ORDER BY created_at LIMIT {self._p('limit')}", {"now": now, "limit": limit})
+        return [r["job_id"] for r in rows]
+
+    def claim_job(self, job_id: str, owner: str, now: float, lease_until: float) -> bool:
+        """Take the job for ``owner`` until ``lease_until`` if it is unfinished and nobody else holds it."""
+        p = self._p
+        return self._run(f"UPDATE jobs SET owner={p('owner')}, lease_until={p('until')}, updated_at={p('now')} "
+                         f"WHERE job_id={p('id')} AND {JOB_OPEN} AND (owner={p('owner')} OR lease_until IS NULL "
+                         f"OR lease_until < {p('now')})",
+                         {"owner": owner, "until": lease_until, "now": now, "id": job_id}) == 1
+
+    def update_job(self, job_id: str, owner: str, **fields: Any) -> bool:
+        """Change the job only while ``owner`` holds it (a node that lost its claim changes nothing)."""
+        check_fields(fields, JOB_FIELDS, "job")
+        row = encode(fields)
+        sets = ", ".join(f"{k}={self._p(k)}" for k in row)
+        return self._run(f"UPDATE jobs SET {sets} WHERE job_id={self._p('_id')} AND owner={self._p('_owner')}",
+                         {**row, "_id": job_id, "_owner": owner}) == 1
+
+    def update_job_item(self, job_id: str, seq: int, owner: str, **fields: Any) -> bool:
+        """Change one item only while ``owner`` holds its job."""
+        check_fields(fields, JOB_ITEM_FIELDS, "job item")
+        row = encode(fields)
+        p = self._p
+        sets = ", ".join(f"{k}={p(k)}" for k in row)
+        return self._run(f"UPDATE job_items SET {sets} WHERE job_id={p('_id')} AND seq={p('_seq')} AND EXISTS "
+                         f"(SELECT 1 FROM jobs WHERE job_id={p('_id')} AND owner={p('_owner')})",
+                         {**row, "_id": job_id, "_seq": seq, "_owner": owner}) == 1
+
+    def get_job(self, job_id: str) -> dict | None:
+        rows = self._rows(f"SELECT * FROM jobs WHERE job_id={self._p('id')}", {"id": job_id})
+        return decode(rows[0]) if rows else None
+
+    def list_jobs(self, limit: int = 100) -> list[dict]:
+        """Newest first."""
+        rows = self._rows(f"SELECT * FROM jobs ORDER BY created_at DESC LIMIT {self._p('limit')}", {"limit": limit})
+        return [decode(r) for r in rows]
+
+    def job_items(self, job_ids: Sequence[str]) -> list[dict]:
+        """The items of these jobs, by job then in the job's order."""
+        if not job_ids:
+            return []
+        where, params = self._in("job_id", list(job_ids), "j")
+        return [dict(r) for r in self._rows(f"SELECT * FROM job_items WHERE {where} ORDER BY job_id, seq", params)]

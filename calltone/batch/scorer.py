@@ -2,9 +2,9 @@
 
 :func:`score_recording` runs one recording through a batch-mode
 :class:`calltone.pipeline.CallPipeline` on a :class:`calltone.runtime.Runtime`
-(the CLI's worker processes and the server's job runner both call it).
-:class:`ScoringPool` spreads files over worker processes, each loading its own
-models once, sized to the cores.
+(the CLI's worker processes, the Ray engine's actors and the server's job runner all call it).
+:class:`ScoringPool` (the ``local`` engine, :mod:`calltone.batch.engine`) spreads files over worker
+processes, each loading its own models once, sized to the cores.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Literal
+from typing import Callable, Iterator, Literal, Mapping
 
 from pydantic import BaseModel, Field
 
@@ -136,9 +136,10 @@ def _init_worker(settings_json: str, threads: int) -> None:
     _worker_runtime = Runtime.create(settings, cpu_workers=threads)
 
 
-def _score_in_worker(path: str, options_json: str) -> str:
+def _score_in_worker(path: str, options_json: str, call_id: str | None = None) -> str:
+    """One recording on this process's runtime (``_init_worker`` made it): the report as JSON."""
     options = ScoreOptions.model_validate_json(options_json)
-    report = asyncio.run(score_recording(Path(path), _worker_runtime, options))
+    report = asyncio.run(score_recording(Path(path), _worker_runtime, options, call_id=call_id))
     return report.model_dump_json()
 
 
@@ -147,6 +148,13 @@ class Scored:
     path: Path
     report: CallReport | None = None
     error: str | None = None
+
+
+def failed(path: Path, exc: BaseException) -> Scored:
+    """A file that could not be scored: a ScoringError's own message, else the exception's type and message."""
+    if isinstance(exc, ScoringError):
+        return Scored(path, error=str(exc))
+    return Scored(path, error=f"{type(exc).__name__}: {exc}")
 
 
 def plan_workers(n_files: int, workers: int | None = None, cores: int | None = None) -> tuple[int, int]:
@@ -163,25 +171,27 @@ class ScoringPool:
         ctx = multiprocessing.get_context("spawn")  # no inherited threads or model state
         # each worker's Runtime.create caps numpy's BLAS at settings.blas_threads (1): idle BLAS threads spin
         self.workers = workers
+        self.description = f"{workers} worker process(es) x {threads} thread(s)"
         self._pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                                          initargs=(settings.model_dump_json(), threads))
 
-    def score(self, files: list[Path], options: ScoreOptions) -> Iterator[Scored]:
-        """Yield each file's result as it completes (largest files start first)."""
+    def score(self, files: list[Path], options: ScoreOptions,
+              call_ids: Mapping[Path, str] | None = None) -> Iterator[Scored]:
+        """Yield each file's result as it completes (largest files start first); ``call_ids``: a call id per file
+        (default: from its name)."""
         from concurrent.futures import as_completed
 
         opts = options.model_dump_json()
+        ids = call_ids or {}
         futures: dict[Future, Path] = {}
         for f in sorted(files, key=lambda p: -p.stat().st_size):
-            futures[self._pool.submit(_score_in_worker, str(f), opts)] = f
+            futures[self._pool.submit(_score_in_worker, str(f), opts, ids.get(f))] = f
         for fut in as_completed(futures):
             path = futures[fut]
             try:
                 yield Scored(path, report=CallReport.model_validate_json(fut.result()))
-            except ScoringError as exc:
-                yield Scored(path, error=str(exc))
             except Exception as exc:  # a crash on one file must not stop the others
-                yield Scored(path, error=f"{type(exc).__name__}: {exc}")
+                yield failed(path, exc)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
