@@ -100,6 +100,7 @@ class RayEngine:
             self._actors.remove(actor)
         else:
             self._idle.append(actor)
+        log.info("%d of %d Ray actor(s) ready", len(self._actors) - len(self._starting), len(self._actors))
 
     def _collect(self, d: _Dispatch, ref: "ray.ObjectRef") -> Scored | None:
         """The finished task's result; None when its actor died and the file went back to the queue."""
