@@ -4,8 +4,9 @@
 #   deploy/drain.sh CONTAINER [--wait SECONDS]   drain, wait for its live calls to end, stop it
 #   deploy/drain.sh CONTAINER --ready            put it back in HAProxy (after `docker start CONTAINER`)
 #
-# 1. HAProxy: the node's server slot in both backends goes to state DRAIN (runtime API): no new connection is sent
-#    to it, its open websockets (live calls, feeds) carry on.
+# 1. SIGUSR1 to the node (PID 1 of its container is `calltone serve`): it drains, /readyz answers 503 and a new call
+#    is refused with 1012; HAProxy's slot also goes to state DRAIN (runtime API), so no new connection is sent to it
+#    even before its health check sees the 503. Its open websockets (live calls, feeds) carry on.
 # 2. Wait, up to --wait seconds (default 300), until the node's GET /readyz says active_calls = 0: calls end by
 #    themselves.
 # 3. docker stop (SIGTERM, 60 s grace): calltone closes its listener and every websocket still open with 1012
@@ -68,6 +69,8 @@ if [ "$mode" = ready ]; then
     exit 0
 fi
 
+docker kill --signal USR1 "$container" >/dev/null  # calltone drains: /readyz 503, new calls refused (1012), live ones go on
+echo "drain: $container draining (SIGUSR1)"
 set_state drain
 deadline=$((SECONDS + wait_s))
 while :; do

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import shutil
 import time
 import uuid
@@ -26,6 +27,7 @@ from calltone.server.metrics import CONTENT_TYPE
 from calltone.server.protocol import AckRequest, AlertFields, AlertMessage
 from calltone.summary import compute_summary, timeline
 
+log = logging.getLogger("calltone.server.api")
 router = APIRouter()
 
 
@@ -117,7 +119,13 @@ class Ready(BaseModel):
     ready: bool
     model: str | None = None
     active_calls: int = 0
-    reason: str | None = Field(None, description="why not ready: the speech model is loading, or the store cannot write")
+    reason: str | None = Field(None, description="why not ready: the speech model is loading, the store cannot write, "
+                                                  "or the node is draining")
+    draining: bool = Field(False, description="the node takes no new calls; its live calls carry on (POST /v1/drain)")
+
+
+class DrainRequest(BaseModel):
+    draining: bool = Field(True, description="true: take no new calls (readiness 503); false: take calls again")
 
 
 def _since(value: str | None) -> float | None:
@@ -245,13 +253,30 @@ async def readyz(request: Request):
     reason = None if store_ok else f"store_unavailable: {s.store.failure}"
     if not s.ready:
         reason = "not_ready: the speech model is still loading"
-    body = Ready(ready=s.ready and store_ok, model=s.settings.asr.model if s.ready else None, active_calls=len(s.registry),
-                 reason=reason)
+    draining = s.registry.draining
+    if draining and reason is None:
+        reason = f"draining: no new calls; {len(s.registry)} live call(s) carry on"
+    body = Ready(ready=s.ready and store_ok and not draining, model=s.settings.asr.model if s.ready else None,
+                 active_calls=len(s.registry), reason=reason, draining=draining)
     if not body.ready:
         from fastapi.responses import JSONResponse
 
         return JSONResponse(body.model_dump(), status_code=503)
     return body
+
+
+@router.post("/v1/drain", response_model=Ready, tags=["operations"], summary="Drain this node (or take it back)",
+             description="Draining: /readyz answers 503, new calls are refused with 1012 (a load balancer sends them "
+                         "elsewhere), live calls carry on. Stop the process once active_calls is 0; calls still live "
+                         "then are left resumable. Also: SIGUSR1 to `calltone serve`. Role: admin.")
+async def drain(request: Request, body: DrainRequest, who: Principal = Depends(principal("operate"))) -> Ready:
+    s = _services(request)
+    s.registry.draining = body.draining
+    log.warning("%s: node %s by %s (%d live call(s))", "drain" if body.draining else "undrain",
+                "draining" if body.draining else "taking calls again", who.name, len(s.registry))
+    return Ready(ready=s.ready and not body.draining, model=s.settings.asr.model if s.ready else None,
+                 active_calls=len(s.registry), draining=body.draining,
+                 reason="draining: no new calls" if body.draining else None)
 
 
 @router.get("/metrics", response_class=PlainTextResponse, tags=["operations"], summary="Prometheus metrics")

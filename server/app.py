@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import sys
 import threading
 import time
@@ -203,6 +204,17 @@ class Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
         super().__init__(config)
         self._app = app
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets)
+        if threading.current_thread() is threading.main_thread():  # `calltone serve`: SIGUSR1 starts a drain
+            signal.signal(signal.SIGUSR1, self._drain)
+
+    def _drain(self, signum: int, frame: object) -> None:
+        s = getattr(self._app.state, "services", None)
+        if s is not None:
+            s.registry.draining = True
+            log.warning("SIGUSR1: draining (no new calls, /readyz 503; %d live call(s) carry on)", len(s.registry))
 
     async def shutdown(self, sockets=None) -> None:
         s = getattr(self._app.state, "services", None)

@@ -45,6 +45,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "ack": frozenset({"supervisor", "admin"}),
     "metrics": frozenset({"admin", "supervisor"}),
     "score": frozenset({"qa", "admin"}),                                # batch scoring jobs and their reports
+    "operate": frozenset({"admin"}),                                    # drain the node
 }
 
 

@@ -48,7 +48,8 @@ class CallRegistry:
 
     async def open(self, call_id: str, options: PipelineOptions) -> LiveCall:
         if self.draining:
-            raise ProtocolError("shutting_down", "the server is shutting down; reconnect shortly to resume this call")
+            raise ProtocolError("shutting_down", "this node is draining or shutting down; connect again (to another "
+                                                 "node behind the load balancer) to start or resume this call")
         if call_id in self.live or call_id in self._opening:
             raise ProtocolError("conflict", f"call {call_id} already has a producer streaming its audio")
         if not await self.s.store.probe():
