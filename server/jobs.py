@@ -32,6 +32,7 @@ from calltone.batch.output import ReportDir
 from calltone.batch.report import CallReport
 from calltone.batch.scorer import ScoreOptions, Scored, failed, report_names, score_recording
 from calltone.events import call_id_from_name
+from calltone.server.tasks import cancel_and_wait
 from calltone.summary import compute_summary
 
 if TYPE_CHECKING:
@@ -137,8 +138,7 @@ class JobRunner:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait([self._task])
 
     # -- reads and submissions (any node) -----------------------------------------------------
     async def submit(self, files: list[Path], options: ScoreOptions, uploaded: bool, job_id: str | None = None) -> Job:

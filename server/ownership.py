@@ -29,6 +29,8 @@ import socket
 import uuid
 from typing import TYPE_CHECKING, Callable, Protocol
 
+from calltone.server.tasks import cancel_and_wait
+
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
@@ -182,10 +184,13 @@ class RedisOwnership:
         self._releasing.add(task)
         task.add_done_callback(self._releasing.discard)
 
-    async def close(self) -> None:
+    async def stop_beating(self) -> None:
+        """Stop the heartbeat task for good (see :mod:`calltone.server.tasks`: a cancellation can be lost)."""
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait([self._task])
+
+    async def close(self) -> None:
+        await self.stop_beating()
         for call_id in list(self._held):
             self.release(call_id)
         try:

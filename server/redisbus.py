@@ -37,6 +37,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from calltone.server.bus import Bus, Message, Subscription
+from calltone.server.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from redis.asyncio.client import Pipeline
@@ -96,9 +97,7 @@ class RedisBus(Bus):
             await asyncio.wait_for(self._drained.wait(), CLOSE_FLUSH_S)
         except asyncio.TimeoutError:
             log.warning("Redis bus: %d message(s) not sent at shutdown (the store has them)", len(self._outbox))
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
         try:
             await asyncio.wait_for(self._writer.delete(self._wake_key), 1.0)
         except (RedisError, OSError, asyncio.TimeoutError):

@@ -30,6 +30,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from calltone.server.tasks import cancel_and_wait
+
 if TYPE_CHECKING:
     from calltone.server.metrics import Metrics
     from calltone.server.store import AsyncStore
@@ -144,9 +146,7 @@ class WebhookQueue(ABC):
         """Let deliveries under way finish for at most ``timeout``, then cancel the rest."""
         if self._tasks:
             _, pending = await asyncio.wait(list(self._tasks), timeout=timeout)
-            for t in pending:
-                t.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            await cancel_and_wait(pending)
 
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.ensure_future(coro)

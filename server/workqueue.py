@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, AsyncIterator
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from calltone.server.tasks import cancel_and_wait
 from calltone.server.webhooks import CLOSE_WAIT_S, Delivery, WebhookQueue
 
 if TYPE_CHECKING:
@@ -91,9 +92,7 @@ class RedisWebhookQueue(WebhookQueue):
 
     async def close(self, timeout: float = CLOSE_WAIT_S) -> None:
         """Stop taking deliveries; those not finished within ``timeout`` stay pending for another node."""
-        for t in self._loops:
-            t.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        await cancel_and_wait(self._loops)
         await super().close(timeout)
         await self._redis.aclose()
 

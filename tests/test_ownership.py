@@ -57,7 +57,7 @@ def test_interrupt_owned_touches_only_the_dead_nodes_live_calls(repo: Repository
 def run(repo: Repository, body: Callable[[AsyncStore], Awaitable[None]]) -> None:
     store = AsyncStore(repo)
     try:
-        asyncio.run(body(store))
+        asyncio.run(asyncio.wait_for(body(store), 120))  # a bound, so that a hang fails with where it hung
     finally:
         store.close()
 
@@ -77,9 +77,7 @@ def node(server: RedisServer, store: AsyncStore, lost: list[tuple[list[str], str
 
 async def pause(n: RedisOwnership) -> None:
     """The node stops beating (as if SIGSTOPped): its keys stay until they expire."""
-    assert n._task is not None
-    n._task.cancel()
-    await asyncio.gather(n._task, return_exceptions=True)
+    await n.stop_beating()
 
 
 def test_leases_refuse_a_second_producer_and_pass_on_when_the_owner_dies(redis_server: RedisServer,

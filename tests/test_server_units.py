@@ -243,3 +243,31 @@ def test_webhook_signature():
     sig = sign("k", "1700000000", b'{"a":1}')
     assert sig.startswith("sha256=") and verify("k", "1700000000", b'{"a":1}', sig)
     assert not verify("k", "1700000001", b'{"a":1}', sig)
+
+
+def test_cancel_and_wait_ends_a_task_that_lost_a_cancellation():
+    """As when a cancellation meets a Redis call's own timeout (Python 3.11): the first one is swallowed."""
+    from calltone.server.tasks import cancel_and_wait
+
+    async def scenario() -> tuple[bool, bool]:
+        swallowed = []
+
+        async def loop() -> None:
+            while True:
+                try:
+                    await asyncio.sleep(10)
+                except asyncio.CancelledError:
+                    if swallowed:
+                        raise
+                    swallowed.append(True)  # lost: the loop carries on
+
+        once = asyncio.ensure_future(loop())
+        await asyncio.sleep(0)
+        once.cancel()
+        await asyncio.wait({once}, timeout=0.5)
+        survived = not once.done()
+        await cancel_and_wait([once])
+        return survived, once.cancelled()
+
+    survived, cancelled = asyncio.run(scenario())
+    assert survived and cancelled  # one cancel() left it running; cancel_and_wait ended it
