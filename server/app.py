@@ -114,6 +114,14 @@ def create_app(settings: "Settings", runtime: "Runtime | None" = None, *, limits
     pages.install(app)  # /agent, /supervisor, /qa, /docs and /static
     security.install(app, settings, auth)  # origin checks, security headers, credentials scrubbed from the logs
 
+    _install_websockets(app, settings, audiohook)
+    _install_openapi(app)
+    return app
+
+
+def _install_websockets(app: FastAPI, settings: "Settings", audiohook: AudioHookVerifier) -> None:
+    """The websocket endpoints: three ingest protocols on the one ingest loop, and the two feeds."""
+
     @app.websocket("/v1/calls/{call_id}/audio")
     async def ws_audio(websocket: WebSocket, call_id: str) -> None:
         await ingest.serve(websocket, NativeProtocol(call_id, app.state.limits, settings.server.max_frame_bytes))
@@ -134,6 +142,10 @@ def create_app(settings: "Settings", runtime: "Runtime | None" = None, *, limits
     async def ws_alerts(websocket: WebSocket) -> None:
         await feeds.alerts_feed(websocket)
 
+
+def _install_openapi(app: FastAPI) -> None:
+    """OpenAPI with the websocket endpoints documented too (FastAPI leaves them out)."""
+
     def openapi() -> dict:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
@@ -147,7 +159,6 @@ def create_app(settings: "Settings", runtime: "Runtime | None" = None, *, limits
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    return app
 
 
 async def _load_runtime(s: Services) -> None:
