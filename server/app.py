@@ -30,7 +30,7 @@ from calltone.server.database import open_repository
 from calltone.server.native import NativeProtocol
 from calltone.server.protocol import Limits
 from calltone.server.retention import purge_expired, purge_loop  # noqa: F401 -- purge_expired: this module's API
-from calltone.server.signature import AudioHookVerifier
+from calltone.server.signature import AudioHookVerifier, LocalNonces, Nonces, RedisNonces
 from calltone.server.twilio import TwilioProtocol
 from calltone.server.metrics import Metrics
 from calltone.server.store import AsyncStore
@@ -54,9 +54,10 @@ def create_app(settings: "Settings", runtime: "Runtime | None" = None, *, limits
     check_bind(settings.server.host, settings.server.tokens)
     auth = Authenticator(settings.server.tokens)
     try:
-        audiohook = AudioHookVerifier(settings.server.audiohook_keys)  # one nonce cache per process
+        audiohook = AudioHookVerifier(settings.server.audiohook_keys)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    nonces = RedisNonces(settings.server.bus_url) if settings.server.bus_url else LocalNonces()  # shared by the nodes
     owns_runtime = runtime is None
 
     @contextlib.asynccontextmanager
@@ -99,6 +100,7 @@ def create_app(settings: "Settings", runtime: "Runtime | None" = None, *, limits
             await s.jobs.close()
             await s.webhooks.close()
             await bus.close()
+            await nonces.close()
             await asyncio.to_thread(store.close)
             if owns_runtime and s.runtime is not None:
                 await asyncio.to_thread(s.runtime.close)
@@ -114,12 +116,12 @@ def create_app(settings: "Settings", runtime: "Runtime | None" = None, *, limits
     pages.install(app)  # /agent, /supervisor, /qa, /docs and /static
     security.install(app, settings, auth)  # origin checks, security headers, credentials scrubbed from the logs
 
-    _install_websockets(app, settings, audiohook)
+    _install_websockets(app, settings, audiohook, nonces)
     _install_openapi(app)
     return app
 
 
-def _install_websockets(app: FastAPI, settings: "Settings", audiohook: AudioHookVerifier) -> None:
+def _install_websockets(app: FastAPI, settings: "Settings", audiohook: AudioHookVerifier, nonces: Nonces) -> None:
     """The websocket endpoints: three ingest protocols on the one ingest loop, and the two feeds."""
 
     @app.websocket("/v1/calls/{call_id}/audio")
@@ -132,7 +134,7 @@ def _install_websockets(app: FastAPI, settings: "Settings", audiohook: AudioHook
 
     @app.websocket("/v1/audiohook")
     async def ws_audiohook(websocket: WebSocket) -> None:
-        await ingest.serve(websocket, AudioHookProtocol(audiohook, app.state.limits))
+        await ingest.serve(websocket, AudioHookProtocol(audiohook, nonces, app.state.limits))
 
     @app.websocket("/v1/calls/{call_id}/events")
     async def ws_events(websocket: WebSocket, call_id: str, after: int = 0) -> None:

@@ -37,7 +37,7 @@ from calltone.pipeline import PipelineOptions
 from calltone.server.ingest import Audio, Item, Language, Open, Refusal, Send, Skip, Stop, UpgradeRefused, decode
 from calltone.events import valid_call_id
 from calltone.server.protocol import Limits, ProtocolError
-from calltone.server.signature import AudioHookVerifier, SignatureError
+from calltone.server.signature import AudioHookVerifier, Nonces, SignatureError
 from calltone.speech.audio import StreamDecoder, StreamFormat
 
 if TYPE_CHECKING:
@@ -85,8 +85,9 @@ class AudioHookProtocol:
     bulk_keys: frozenset[str] = frozenset()
     vanished_how = "interrupted"
 
-    def __init__(self, verifier: AudioHookVerifier, limits: Limits) -> None:
+    def __init__(self, verifier: AudioHookVerifier, nonces: Nonces, limits: Limits) -> None:
         self.verifier = verifier
+        self.nonces = nonces
         self.limits = limits
         self.session_id = ""
         self.organization_id = ""
@@ -100,17 +101,25 @@ class AudioHookProtocol:
         self.decoder: StreamDecoder | None = None
 
     # -- upgrade ------------------------------------------------------------------------
-    def handshake(self, ws: WebSocket) -> None:
+    async def handshake(self, ws: WebSocket) -> None:
         if not self.verifier.configured:
             raise UpgradeRefused(401, "AudioHook is not enabled on this server (server.audiohook_keys is empty)")
         headers = {k: ", ".join(ws.headers.getlist(k)) for k in ws.headers.keys()}
         path = ws.scope.get("raw_path", ws.url.path.encode()).decode("latin-1")
         query = ws.scope.get("query_string", b"").decode("latin-1")
         try:
-            self.verifier.verify(headers, path + ("?" + query if query else ""))
+            signed = self.verifier.verify(headers, path + ("?" + query if query else ""))
         except SignatureError as e:
             log.warning("AudioHook upgrade refused: %s", e)
             raise UpgradeRefused(401, f"AudioHook signature refused: {e}") from None
+        try:
+            fresh = await self.nonces.use(signed.nonce)
+        except Exception as e:  # noqa: BLE001 - the shared nonce store (Redis) is unreachable: fail closed
+            log.warning("AudioHook upgrade refused: the nonce cannot be checked (%s)", e)
+            raise UpgradeRefused(503, "AudioHook: the nonce cannot be checked right now; retry") from None
+        if not fresh:
+            log.warning("AudioHook upgrade refused: the nonce was already used (replayed request)")
+            raise UpgradeRefused(401, "AudioHook signature refused: the nonce was already used (replayed request)")
         self.session_id = headers.get("audiohook-session-id", "")
         self.organization_id = headers.get("audiohook-organization-id", "")
         self.correlation_id = headers.get("audiohook-correlation-id", "")

@@ -114,7 +114,7 @@ class WireProtocol(Protocol):
     bulk_keys: frozenset[str]    # JSON keys whose string values may be long (base64 audio)
     vanished_how: str            # how the call ends when the socket drops without a stop
 
-    def handshake(self, ws: WebSocket) -> None:
+    async def handshake(self, ws: WebSocket) -> None:
         """Before accept: verify the upgrade request (raise :class:`UpgradeRefused`)."""
 
     def accepted(self, ws: WebSocket) -> list[Item]:
@@ -309,7 +309,7 @@ def _how_it_ended(exc: Exception, session: IngestSession) -> tuple[ProtocolError
 async def serve(ws: WebSocket, proto: WireProtocol) -> None:
     """Run one producer connection with ``proto`` from upgrade to close."""
     try:
-        proto.handshake(ws)
+        await proto.handshake(ws)
     except UpgradeRefused as e:
         services(ws).metrics.ingest_errors.labels("upgrade_refused").inc()
         await ws.send_denial_response(PlainTextResponse(e.reason, status_code=e.status))

@@ -55,7 +55,7 @@ class NativeProtocol:
         self.max_frame_bytes = max_frame_bytes
         self.decoder: StreamDecoder | None = None
 
-    def handshake(self, ws: WebSocket) -> None:
+    async def handshake(self, ws: WebSocket) -> None:
         return None
 
     def accepted(self, ws: WebSocket) -> list[Item]:

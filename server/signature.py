@@ -20,9 +20,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 AUDIOHOOK_COMPONENTS = ("@request-target", "@authority", "audiohook-organization-id", "audiohook-session-id",
                         "audiohook-correlation-id", "x-api-key")
+MAX_AGE_S = 10.0   # an AudioHook signature is used within seconds of its creation
+SKEW_S = 3.0       # clocks may differ by this much
+NONCE_TTL_S = MAX_AGE_S + 2 * SKEW_S  # how long a nonce must be remembered: its signature's lifetime
 _LABELLED = re.compile(r'^\s*([a-z*][a-z0-9_.*-]*)=(.*)$', re.S)
 _INNER = re.compile(r'^\(((?:\s*"[^"\\]*")*)\s*\)(.*)$', re.S)
 _PARAM = re.compile(r';\s*([a-z*][a-z0-9_.*-]*)=("(?:[^"\\]|\\.)*"|-?\d+)')
@@ -102,16 +106,25 @@ def signature_base(sig: SignatureInput, request_target: str, headers: Mapping[st
     return "\n".join(lines)
 
 
-class NonceCache:
-    """Nonces seen within their signatures' lifetime; a second use is a replay."""
+class Nonces(Protocol):
+    """Where used nonces are remembered for :data:`NONCE_TTL_S`."""
 
-    def __init__(self, ttl_s: float, max_size: int = 100_000) -> None:
+    async def use(self, nonce: str) -> bool:
+        """Record ``nonce``; False when it was already used (a replayed request)."""
+
+    async def close(self) -> None: ...
+
+
+class LocalNonces:
+    """One process's nonces (one node; a request replayed to another node is not seen)."""
+
+    def __init__(self, ttl_s: float = NONCE_TTL_S, max_size: int = 100_000) -> None:
         self.ttl_s = ttl_s
         self.max_size = max_size
         self._seen: OrderedDict[str, float] = OrderedDict()
 
-    def use(self, nonce: str, now: float) -> bool:
-        """Record ``nonce``; False when it was already used."""
+    async def use(self, nonce: str, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
         while self._seen and (next(iter(self._seen.values())) < now - self.ttl_s or len(self._seen) > self.max_size):
             self._seen.popitem(last=False)
         if nonce in self._seen:
@@ -119,12 +132,36 @@ class NonceCache:
         self._seen[nonce] = now
         return True
 
+    async def close(self) -> None:
+        return None
+
+
+class RedisNonces:
+    """Nonces every node shares (``server.bus_url``): ``SET NX`` with the signature lifetime as expiry."""
+
+    def __init__(self, url: str, ttl_s: float = NONCE_TTL_S) -> None:
+        from redis.asyncio import Redis  # the `scaleout` extra, needed only with bus_url
+
+        self._redis = Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        self.ttl_ms = int(ttl_s * 1000)
+
+    async def use(self, nonce: str) -> bool:
+        key = "calltone:nonce:" + hashlib.sha256(nonce.encode()).hexdigest()
+        return bool(await self._redis.set(key, b"1", nx=True, px=self.ttl_ms))
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+@dataclass(frozen=True)
+class SignedUpgrade:
+    api_key: str
+    nonce: str  # for the caller to check against its :class:`Nonces`
+
 
 class AudioHookVerifier:
     """Checks the signature of an AudioHook upgrade against ``server.audiohook_keys`` (API key -> base64 secret)."""
 
-    MAX_AGE_S = 10.0   # a signature is used within seconds of its creation
-    SKEW_S = 3.0       # clocks may differ by this much
     MIN_NONCE = 16
 
     def __init__(self, keys: Mapping[str, str]) -> None:
@@ -135,14 +172,14 @@ class AudioHookVerifier:
             except binascii.Error:
                 raise ValueError(f"server.audiohook_keys: the client secret for API key {api_key[:4]}... "
                                  "is not valid base64") from None
-        self.nonces = NonceCache(self.MAX_AGE_S + 2 * self.SKEW_S)
 
     @property
     def configured(self) -> bool:
         return bool(self._keys)
 
-    def verify(self, headers: Mapping[str, str], request_target: str, now: float | None = None) -> str:
-        """Verify; return the API key.  ``headers`` have lower-case names.  Raises :class:`SignatureError`."""
+    def verify(self, headers: Mapping[str, str], request_target: str, now: float | None = None) -> SignedUpgrade:
+        """Verify everything but the nonce's freshness (see :class:`Nonces`).  ``headers`` have lower-case names.
+        Raises :class:`SignatureError`."""
         now = time.time() if now is None else now
         api_key = headers.get("x-api-key", "")
         secret = self._keys.get(api_key)
@@ -164,19 +201,17 @@ class AudioHookVerifier:
         nonce = sig.param("nonce")
         if not isinstance(nonce, str) or len(nonce) < self.MIN_NONCE:
             raise SignatureError(f"a nonce of at least {self.MIN_NONCE} characters is required")
-        if not self.nonces.use(nonce, now):
-            raise SignatureError("the nonce was already used (replayed request)")
-        return api_key
+        return SignedUpgrade(api_key, nonce)
 
     def _check_time(self, sig: SignatureInput, now: float) -> None:
         created, expires = sig.param("created"), sig.param("expires")
         if not isinstance(created, int):
             raise SignatureError("created is required")
-        if created > now + self.SKEW_S:
+        if created > now + SKEW_S:
             raise SignatureError("created is in the future")
-        if created < now - self.MAX_AGE_S - self.SKEW_S:
+        if created < now - MAX_AGE_S - SKEW_S:
             raise SignatureError("the signature is too old (created)")
-        if expires is not None and (not isinstance(expires, int) or expires < now - self.SKEW_S):
+        if expires is not None and (not isinstance(expires, int) or expires < now - SKEW_S):
             raise SignatureError("the signature has expired")
 
 

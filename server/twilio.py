@@ -109,7 +109,7 @@ class TwilioProtocol:
         self.signed = False
         self.tracks: dict[str, Track] = {}
 
-    def handshake(self, ws: WebSocket) -> None:
+    async def handshake(self, ws: WebSocket) -> None:
         token = self.server.twilio_auth_token
         if not token:
             return

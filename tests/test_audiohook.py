@@ -4,6 +4,7 @@ real Whisper model."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -18,12 +19,13 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from calltone.server.app import ServerThread, create_app
-from calltone.server.signature import AudioHookVerifier, SignatureError, twilio_signature
+from calltone.server.signature import AudioHookVerifier, LocalNonces, SignatureError, twilio_signature
 from calltone.settings import ServerSettings, Settings
 from calltone.speech.g711 import ulaw_encode
 
 from .audiohook_client import OFFERS, STEREO, AudioHookClient, signed_headers
 from .conftest import SPEECH, require
+from .redis_server import redis_server  # noqa: F401 -- the fixture
 
 API_KEY = "SGVsbG8sIEkgYW0gdGhlIEFQSSBrZXkh"
 SECRET = base64.b64encode(b"MySuperSecretKeyTellNo-1!2@3#4$5").decode()
@@ -99,11 +101,14 @@ def test_genesys_documented_signature_verifies():
                                   'keyid="SGVsbG8sIEkgYW0gdGhlIEFQSSBrZXkh";nonce="VGhpc0lzQVVuaXF1ZU5vbmNl";'
                                   'alg="hmac-sha256";created=1641013200;expires=3282026430'}
     verifier = AudioHookVerifier({API_KEY: "TXlTdXBlclNlY3JldEtleVRlbGxOby0xITJAMyM0JDU="})
-    assert verifier.verify(headers, "/api/v1/voicebiometrics/ws", now=1641013201) == API_KEY
-    with pytest.raises(SignatureError, match="nonce"):
-        verifier.verify(headers, "/api/v1/voicebiometrics/ws", now=1641013202)
+    signed = verifier.verify(headers, "/api/v1/voicebiometrics/ws", now=1641013201)
+    assert (signed.api_key, signed.nonce) == (API_KEY, "VGhpc0lzQVVuaXF1ZU5vbmNl")
     with pytest.raises(SignatureError, match="does not verify"):
         verifier.verify(headers, "/api/v1/other", now=1641013201)
+    with pytest.raises(SignatureError, match="too old"):
+        verifier.verify(headers, "/api/v1/voicebiometrics/ws", now=1641013200 + 14)
+    nonces = LocalNonces()
+    assert asyncio.run(nonces.use(signed.nonce)) and not asyncio.run(nonces.use(signed.nonce))  # once only
 
 
 @pytest.mark.parametrize("case", ["unknown key", "wrong secret", "expired", "no signature", "unsigned component"])
@@ -163,6 +168,29 @@ def test_replayed_nonce_is_refused(server):
     with connect(url(server), additional_headers=headers, open_timeout=20):
         pass
     assert refused_status(server, headers) == 401
+
+
+def test_a_request_replayed_to_another_node_is_refused(tmp_path, runtime, redis_server):
+    """With server.bus_url the nodes share their nonces (in Redis): a signed upgrade is good once, on any node."""
+    nodes = []
+    for name in ("a", "b"):
+        s = Settings()
+        s.server = ServerSettings(data_dir=tmp_path / name, tokens=dict(TOKENS), audiohook_keys={API_KEY: SECRET},
+                                  bus_url=redis_server.url)
+        nodes.append(ServerThread(create_app(s, runtime), s))
+    with nodes[0] as a, nodes[1] as b:
+        a.wait_ready()
+        b.wait_ready()
+        headers = signed_headers(url(a), API_KEY, SECRET, org_id="d7934305-0972-4844-938e-9060eef73d05",
+                                 session_id=str(uuid.uuid4()), correlation_id=str(uuid.uuid4()))
+        headers_b = {**headers}  # the same request sent to node b (its @authority differs: re-sign with the same nonce)
+        nonce = headers["Signature-Input"].split('nonce="')[1].split('"')[0]
+        headers_b.update(signed_headers(url(b), API_KEY, SECRET, org_id="d7934305-0972-4844-938e-9060eef73d05",
+                                        session_id=headers["Audiohook-Session-Id"],
+                                        correlation_id=headers["Audiohook-Correlation-Id"], nonce=nonce))
+        with connect(url(a), additional_headers=headers, open_timeout=20):
+            pass
+        assert refused_status(b, headers_b) == 401
 
 
 # --------------------------------------------------------------------------- sessions

@@ -19,7 +19,7 @@ from calltone.server.audiohook import PROBE_ID, AudioHookProtocol, call_language
 from calltone.server.ingest import Audio, Language, Open, Send, Skip, Stop
 from calltone.server.native import NativeProtocol
 from calltone.server.protocol import CLOSE_CODES, Limits, ProtocolError, parse_control
-from calltone.server.signature import AudioHookVerifier
+from calltone.server.signature import AudioHookVerifier, LocalNonces
 from calltone.server.twilio import TWILIO_TRACKS, TrackAligner, TwilioProtocol
 from calltone.settings import ServerSettings
 from calltone.speech.audio import (BYTES_PER_SAMPLE, ENCODINGS, AudioError, StreamDecoder, StreamFormat, decode_pcm,
@@ -386,7 +386,7 @@ OFFER = st.fixed_dictionaries({"type": st.just("audio") | JSON, "format": st.sam
 
 
 def audiohook_protocol() -> AudioHookProtocol:
-    proto = AudioHookProtocol(AudioHookVerifier({}), LIMITS)
+    proto = AudioHookProtocol(AudioHookVerifier({}), LocalNonces(), LIMITS)
     proto.session_id, proto.organization_id = "session-1", "org-1"  # what the signed upgrade's headers said
     return proto
 
