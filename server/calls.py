@@ -161,14 +161,14 @@ class LiveCall:
 
     def lose(self, why: LeaseLost) -> None:
         """This node no longer owns the call: nothing more of it is stored or published, and the producer's next
-        push is refused with ``shutting_down`` (reconnect to resume)."""
+        push is refused with ``lease_lost`` (close 1012: reconnect to resume)."""
         if self.store_error is None:
             self.store_error = why
 
     def _write_refusal(self) -> ProtocolError:
         exc = self.store_error
         if isinstance(exc, LeaseLost):
-            return ProtocolError("shutting_down", str(exc))
+            return ProtocolError("lease_lost", str(exc))
         if exc is not None and self.s.store.is_storage_failure(exc):
             return ProtocolError("store_unavailable", f"this call's events cannot be stored ({exc}); reconnect later with "
                                                       "the same call id to resume it")

@@ -24,6 +24,7 @@ __all__ = ["CLOSE_CODES", "AckRequest", "AlertFields", "AlertMessage", "Limits",
 CLOSE_CODES: dict[str, int] = {
     "stopped": 1000,            # normal end after {"type":"stop"} / Twilio stop / call.ended delivered
     "shutting_down": 1012,      # server restarting; producers reconnect with the same call id to resume
+    "lease_lost": 1012,         # another node owns the call now (this one was paused or cut off); reconnect to resume
     "protocol_error": 1002,     # message out of order (audio before start, second start, ...)
     "audio_before_start": 1002,
     "unsupported_message": 1003,  # unknown control message type

@@ -191,7 +191,7 @@ def test_a_paused_node_cannot_write_to_a_call_taken_over(tmp_path: Path, nodes_e
             srv.stop()
         redis.close()
         db.close()
-    assert refusal is not None and refusal.code == 1012 and refusal.reason == "shutting_down"
+    assert refusal is not None and refusal.code == 1012 and refusal.reason == "lease_lost"
     assert ready == 200  # the refused writes did not fail A's store
     check_resumed(everything, taken_over, started["t_offset"])  # the zombie stored nothing after the takeover
     assert everything[len(taken_over):] == echoed
