@@ -182,6 +182,10 @@ class Bus:
     async def start(self) -> None:
         """Connect (nothing to do in-process)."""
 
+    async def following(self, topic: str) -> None:
+        """Return once a subscription to ``topic`` made before is sure to get everything published from now on,
+        on any node (in-process: at once)."""
+
     async def close(self) -> None:
         """Disconnect (nothing to do in-process)."""
 

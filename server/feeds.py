@@ -97,6 +97,7 @@ async def alerts_feed(ws: WebSocket) -> None:
     try:
         require(ws, "alerts")
         with s.bus.subscribe("alerts") as sub:
+            await s.bus.following("alerts")  # alerts raised on any node from now on reach sub; older ones are stored
             open_alerts = await s.store.read(lambda r: r.list_alerts(status="open", limit=1000))
             sent: set[str] = set()
             for a in open_alerts:

@@ -53,6 +53,7 @@ STREAM_MAXLEN = 20_000  # entries kept per call stream while the call runs (appr
 ENDED_KEEP = 100  # entries kept after call.ended, for readers still behind (approximate)
 IDLE_TTL_S = 86_400  # a call stream that stops without call.ended (a crash) expires a day after its last event
 BLOCK_MS = 1000
+FOLLOW_TIMEOUT_S = 5.0  # how long a new subscriber waits for its stream position before going on
 RETRY_MIN_S, RETRY_MAX_S = 0.05, 1.0
 CLOSE_FLUSH_S = 2.0
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -73,6 +74,7 @@ class RedisBus(Bus):
         self._outbox: deque[tuple[str, Message]] = deque()
         self._to_watch: set[str] = set()  # stream keys newly subscribed to, whose head the writer reads next
         self._heads: dict[str, str] = {}  # stream key -> entry id to read after (set by the writer, taken by the reader)
+        self._positioned: dict[str, asyncio.Event] = {}  # stream key -> set once its head is known (see following)
         self._cursors: dict[str, str] = {}  # stream key -> last entry id read (the reader's)
         self._wake_key = f"{PREFIX}bus:wake:{uuid.uuid4().hex}"
         self._wake_cursor = "0-0"
@@ -110,8 +112,20 @@ class RedisBus(Bus):
         key = PREFIX + topic
         if key not in self._cursors and topic not in self._subs:
             self._to_watch.add(key)
+            self._positioned.setdefault(key, asyncio.Event())
             self._wake_writer()
         return super().subscribe(topic, maxsize)
+
+    async def following(self, topic: str, timeout: float = FOLLOW_TIMEOUT_S) -> None:
+        """Wait until the writer has read the stream's head for a new subscription (so an entry another node adds
+        after this returns is read), at most ``timeout`` (Redis unreachable: go on; the store fills call gaps)."""
+        positioned = self._positioned.get(PREFIX + topic)
+        if positioned is None:
+            return
+        try:
+            await asyncio.wait_for(positioned.wait(), timeout)
+        except asyncio.TimeoutError:
+            log.warning("Redis bus: %s not followed after %.0f s (Redis unreachable?); going on", topic, timeout)
 
     def publish(self, topic: str, msg: Message) -> int:
         """Queue ``msg`` for Redis, whose readers deliver it (this node's too); return this node's subscribers."""
@@ -173,6 +187,9 @@ class RedisBus(Bus):
                 heads = await pipe.execute()
             for key, last in zip(watch, heads):
                 self._heads.setdefault(key, last[0][0] if last else "0-0")
+                positioned = self._positioned.pop(key, None)
+                if positioned is not None:
+                    positioned.set()  # whatever is added to the stream from now on, the reader reads
         async with self._writer.pipeline(transaction=False) as pipe:
             if watch:
                 pipe.xadd(self._wake_key, {"w": "1"}, maxlen=1, approximate=False)

@@ -219,6 +219,28 @@ def test_alerts_topic_in_order_and_capped(kind):
     run(kind, body, alerts_maxlen=10)
 
 
+def test_an_alert_from_another_node_reaches_a_new_follower(kind):
+    """A supervisor's feed subscribes, waits until it follows the topic, then reads the stored alerts: an alert
+    another node publishes from then on must reach it (on Redis the new subscription's stream position is read
+    first; without waiting, an alert added before that read would be neither delivered nor yet stored)."""
+    async def body(bus: Bus) -> None:
+        other = kind.make() if kind.name == "redis" else bus
+        if other is not bus:
+            await other.start()
+        try:
+            for i in range(5):  # fresh subscriptions, each followed before the other node publishes
+                sub = bus.subscribe("alerts")
+                await bus.following("alerts")
+                other.publish("alerts", Message.of("escalation.raised", json.dumps({"alert_id": f"x{i}"})))
+                assert json.loads((await sub.get()).json) == {"alert_id": f"x{i}"}
+                sub.close()
+        finally:
+            if other is not bus:
+                await other.close()
+
+    run(kind, body)
+
+
 def test_call_expires_after_call_ended(kind):
     async def body(bus: Bus) -> None:
         sub = bus.subscribe("call:e")
