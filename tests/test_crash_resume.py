@@ -29,14 +29,15 @@ pytestmark = needs_shared(STEREO)
 
 
 class Serve:
-    """``calltone serve`` in a subprocess on a free loopback port."""
+    """``calltone serve`` in a subprocess on a free loopback port (settings from CALLTONE_* variables, ``env``)."""
 
-    def __init__(self, data_dir: Path, log: Path) -> None:
+    def __init__(self, data_dir: Path, log: Path, env: dict[str, str] | None = None) -> None:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
         self.log = log
-        env = {**os.environ, "CALLTONE_SERVER__DATA_DIR": str(data_dir), "CALLTONE_SERVER__TOKENS": json.dumps(TOKENS)}
+        env = {**os.environ, "CALLTONE_SERVER__DATA_DIR": str(data_dir), "CALLTONE_SERVER__TOKENS": json.dumps(TOKENS),
+               **(env or {})}
         with open(log, "ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "calltone.cli", "serve", "--host", "127.0.0.1",
                                           "--port", str(self.port)], env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -49,17 +50,24 @@ class Serve:
     def ws(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
 
-    def wait_ready(self, timeout: float = 300.0) -> "Serve":
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+    def wait_for(self, path: str, timeout: float = 300.0) -> "Serve":
+        """Until ``path`` (``/healthz``: up; ``/readyz``: the speech runtime loaded too) answers 200."""
         deadline = time.monotonic() + timeout
         while True:
-            assert self.proc.poll() is None, f"calltone serve exited:\n{self.log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"calltone serve not ready:\n{self.log.read_text()[-3000:]}"
+            assert self.proc.poll() is None, f"calltone serve exited:\n{self.output()}"
+            assert time.monotonic() < deadline, f"calltone serve: {path} never answered 200:\n{self.output()}"
             try:
-                if rest(self, "/readyz")[0] == 200:
+                if rest(self, path)[0] == 200:
                     return self
             except OSError:  # not listening yet
                 pass
             time.sleep(0.2)
+
+    def wait_ready(self, timeout: float = 300.0) -> "Serve":
+        return self.wait_for("/readyz", timeout)
 
     def kill9(self) -> None:
         os.kill(self.proc.pid, signal.SIGKILL)

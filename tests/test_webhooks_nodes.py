@@ -8,10 +8,7 @@ from __future__ import annotations
 import asyncio
 import http.server
 import json
-import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,7 +27,8 @@ from calltone.server.workqueue import GROUP, STREAM, RedisWebhookQueue
 from .conftest import EMOTION_SPEECH, MAKE_CALLS, require
 from .pg import PgServer, postgres  # noqa: F401 -- the session's PostgreSQL server
 from .redis_server import RedisServer, redis_server  # noqa: F401 -- a redis-server per test
-from .test_server import SECRET, SUP, TOKENS, rest, stream, wait_until
+from .test_crash_resume import Serve
+from .test_server import SECRET, SUP, rest, stream, wait_until
 
 HOLD_S = 120.0  # how long the receiver holds the attempt it hangs (the node is killed long before)
 
@@ -95,56 +93,10 @@ class ReceiverHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-class Node:
-    """``calltone serve`` in a subprocess on a free loopback port, with its own data folder and log."""
-
-    def __init__(self, folder: Path, env: dict[str, str]) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.log = folder / "serve.log"
-        folder.mkdir(parents=True)
-        env = {**os.environ, "CALLTONE_SERVER__DATA_DIR": str(folder / "data"),
-               "CALLTONE_SERVER__TOKENS": json.dumps(TOKENS), **env}
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "calltone.cli", "serve", "--host", "127.0.0.1",
-                                          "--port", str(self.port)], env=env, stdout=out, stderr=subprocess.STDOUT)
-
-    @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    def wait_for(self, path: str, timeout: float = 300.0) -> "Node":
-        """Until ``path`` (``/healthz``: up; ``/readyz``: the speech runtime loaded too) answers 200."""
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.proc.poll() is None, f"calltone serve exited:\n{self.output()}"
-            assert time.monotonic() < deadline, f"calltone serve: {path} never answered 200:\n{self.output()}"
-            try:
-                if rest(self, path)[0] == 200:
-                    return self
-            except OSError:  # not listening yet
-                pass
-            time.sleep(0.2)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-    def kill9(self) -> None:
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(30)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.kill9()
+def serve_in(folder: Path, env: dict[str, str]) -> Serve:
+    """A node with its own data folder and log in ``folder``."""
+    folder.mkdir(parents=True)
+    return Serve(folder / "data", folder / "serve.log", env)
 
 
 def cluster_env(database_url: str, bus_url: str, **extra: str) -> dict[str, str]:
@@ -158,7 +110,7 @@ def consumers(r: redis.Redis) -> list[dict]:
         return []
 
 
-def raised_deliveries(node: Node, alert_id: str | None) -> list[dict]:
+def raised_deliveries(node: Serve, alert_id: str | None) -> list[dict]:
     """The logged attempts of the alert's escalation.raised delivery (through the REST API)."""
     status, alert = rest(node, f"/v1/alerts/{alert_id}", SUP)
     assert status == 200, alert
@@ -176,15 +128,15 @@ def test_a_delivery_cut_off_by_a_node_kill_is_finished_by_the_other_node(tmp_pat
                       CALLTONE_SERVER__WEBHOOK_SECRET=SECRET, CALLTONE_SERVER__WEBHOOK_TIMEOUT_S="300",
                       CALLTONE_SERVER__WEBHOOK_CLAIM_IDLE_S="3")
     r = redis.Redis.from_url(redis_server.url, decode_responses=True)
-    a = Node(tmp_path / "a", env)
-    b: Node | None = None
+    a = serve_in(tmp_path / "a", env)
+    b: Serve | None = None
     try:
         a.wait_for("/readyz")
         events = stream(a, "esc-node", audio, rate, encoding="mulaw", speed=2.0, frame_s=0.02, timeout=120)
         assert any(e["type"] == "escalation.raised" for e in events), "the call raised no escalation"
         assert receiver.hanging.wait(120), "node A never made the second attempt"
         # node A is mid-delivery (attempt 2 held open): a second node joins, then A dies
-        b = Node(tmp_path / "b", env).wait_for("/healthz")
+        b = serve_in(tmp_path / "b", env).wait_for("/healthz")
         wait_until(lambda: len(consumers(r)) == 2, "node B to join the webhook consumer group", timeout=120)
         killed_at = time.monotonic()
         a.kill9()
@@ -210,7 +162,7 @@ def test_a_delivery_cut_off_by_a_node_kill_is_finished_by_the_other_node(tmp_pat
     assert "taking over delivery" in b.output() and "taking over delivery" not in a.output()
 
 
-def purge_turns(node: Node) -> list[int]:
+def purge_turns(node: Serve) -> list[int]:
     return [int(t) for t in re.findall(r"retention purge \(turn (\d+)\)", node.log.read_text(errors="replace"))]
 
 
@@ -227,7 +179,7 @@ def test_the_retention_purge_runs_on_one_node_per_interval(tmp_path: Path, postg
         repo.close()
     env = cluster_env(url, redis_server.url, CALLTONE_PRIVACY__RETENTION_DAYS="1",
                       CALLTONE_PRIVACY__PURGE_INTERVAL_S="0.5")
-    nodes = [Node(tmp_path / "a", env), Node(tmp_path / "b", env)]
+    nodes = [serve_in(tmp_path / "a", env), serve_in(tmp_path / "b", env)]
     try:
         for node in nodes:
             node.wait_for("/healthz")
