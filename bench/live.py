@@ -140,8 +140,10 @@ async def level(url: str, http: str, token: str | None, n: int, seconds: float, 
             "cpu": cpu, "errors": len(errors), "error": repr(errors[0])[:120] if errors else "", "job": job}
 
 
-def start_server(port: int) -> subprocess.Popen:
-    env = dict(os.environ, CALLTONE_SERVER__DATA_DIR=tempfile.mkdtemp(prefix="calltone-bench-"))
+def start_server(port: int, data_dir: Path | None = None) -> subprocess.Popen:
+    """`calltone serve` on ``port`` (a new temporary data dir unless given), once /readyz answers 200."""
+    data = data_dir or tempfile.mkdtemp(prefix="calltone-bench-")
+    env = dict(os.environ, CALLTONE_SERVER__DATA_DIR=str(data))
     proc = subprocess.Popen([sys.executable, "-m", "calltone.cli", "serve", "--port", str(port)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120

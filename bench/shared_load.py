@@ -50,6 +50,8 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
+from live import start_server  # bench/live.py
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 CORPUS = SHARED / "data" / "emotion-speech"
@@ -83,21 +85,6 @@ def compose(out: Path, seed: int) -> list[Path]:
         subprocess.run([sys.executable, str(MAKE_CALLS), str(CORPUS), str(out / lang), "--calls", "2", "--lang", lang,
                         "--seed", str(seed), "--telephony"], check=True, capture_output=True)
     return sorted(out.glob("*/*.wav"))
-
-
-def start_serve(port: int, data_dir: Path) -> subprocess.Popen:
-    env = dict(os.environ, CALLTONE_SERVER__DATA_DIR=str(data_dir))
-    proc = subprocess.Popen([sys.executable, "-m", "calltone.cli", "serve", "--port", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if urllib.request.urlopen(f"http://{HOST}:{port}/readyz", timeout=2).status == 200:
-                return proc
-        except Exception:
-            time.sleep(0.5)
-    proc.kill()
-    raise SystemExit("calltone serve did not become ready")
 
 
 def scrape(port: int, name: str) -> float | None:
@@ -136,7 +123,7 @@ def measure(args: argparse.Namespace) -> int:
         lanes[i % args.lanes].append(item)
     port = free_port()
     data = work / "data"
-    proc = start_serve(port, data)
+    proc = start_server(port, data)
     t0 = time.time()
     cpu0 = proc_cpu_s(proc.pid)
     try:
