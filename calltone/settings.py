@@ -46,6 +46,8 @@ class VadSettings(BaseModel):
 
 class EmotionSettings(BaseModel):
     score_agent: bool = Field(False, description="grade the agent's emotion too (opt-in; the customer is always graded)")
+    model_dir: Path | None = Field(None, description="folder with emotion.onnx and emotion_prosody.onnx (+ .json sidecars), "
+                                   "e.g. one written by `calltone train`; default: the shipped models")
     lexicon_extra: list[Path] = Field(default_factory=list, description="extra phrase files (TOML) for text cues")
     tracking_config: Path | None = None
     escalation_config: Path | None = None

@@ -54,8 +54,8 @@ class EmotionModels:
         if settings.score_agent:  # the setting opts in; the escalation file may too
             escalation = escalation.model_copy(update={"score_agent": True})
         return cls(
-            main=EmotionClassifier(DEFAULT_MODEL),
-            prosody=EmotionClassifier(PROSODY_MODEL),
+            main=EmotionClassifier(settings.model_dir / DEFAULT_MODEL.name if settings.model_dir else DEFAULT_MODEL),
+            prosody=EmotionClassifier(settings.model_dir / PROSODY_MODEL.name if settings.model_dir else PROSODY_MODEL),
             lexicon=Lexicon.load(settings.lexicon_extra or None),
             fusion=FusionConfig.load(),
             tracker=TrackerConfig.load(settings.tracking_config),
