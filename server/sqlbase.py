@@ -16,7 +16,10 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 CALL_FIELDS = ("call_id", "status", "agent_id", "language", "metadata", "roles", "started_at", "ended_at",
-               "duration_s", "escalations", "summary", "last_seq", "updated_at", "owner_node")
+               "duration_s", "escalations", "summary", "last_seq", "updated_at", "owner_node",
+               # written at call end for the KPIs (server/kpis.py, migration 0004_kpis)
+               "queue", "direction", "angry_s", "reached_angry", "peak_index", "talk_s", "customer_talk_s",
+               "silence_s", "overtalk_s", "interruptions", "agent_speech_rate")
 ALERT_FIELDS = ("alert_id", "call_id", "agent_id", "channel", "reason", "evidence", "excerpt", "status", "t", "seq",
                 "raised_at", "cleared_at", "acked_by", "acked_at", "barge_in", "note")
 JOB_FIELDS = ("job_id", "status", "engine", "options", "uploaded", "owner", "lease_until", "error", "created_at",
