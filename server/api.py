@@ -25,7 +25,7 @@ from calltone.server.calls import Services
 from calltone.server.jobs import Job, JobRunner
 from calltone.server.metrics import CONTENT_TYPE
 from calltone.server.protocol import AckRequest, AlertFields, AlertMessage
-from calltone.summary import compute_summary, timeline
+from calltone.summary import summarize, timeline
 
 log = logging.getLogger("calltone.server.api")
 router = APIRouter()
@@ -180,7 +180,7 @@ async def get_call(call_id: str, request: Request, who: Principal = Depends(prin
     summary = row.get("summary")
     if summary is None:  # live or interrupted: summarise what is stored so far
         duration = max((e.get("t", 0.0) for e in decoded), default=0.0)
-        summary = compute_summary(decoded, duration, {"partial": True})
+        summary = summarize(decoded, duration, roles=row.get("roles") or (), partial=True).model_dump()
     tl = timeline(decoded)
     info = {k: v for k, v in row.items() if k in CallInfo.model_fields}
     info["summary"] = summary

@@ -42,7 +42,7 @@ from calltone.server.metrics import Metrics
 from calltone.server.ownership import LeaseLost
 from calltone.server.protocol import AlertMessage, ProtocolError
 from calltone.server.store import AsyncStore, StoreUnavailable
-from calltone.summary import compute_summary
+from calltone.summary import summarize
 
 if TYPE_CHECKING:
     from calltone.runtime import Runtime
@@ -281,11 +281,10 @@ class LiveCall:
         ev.server_time = round(now, 3)
         if typ == "call.ended":
             duration = self.position_s
-            base = dict(ev.summary or {})
-            base["end_reason"] = self.end_reason
-            if self.resumed:
-                base["resumed"] = True
-            ev.summary = compute_summary(self.history, duration, base)
+            whole = not self.resumed and not self.clock.skipped  # else the VAD heard only part of the call
+            ev.summary = summarize(self.history, duration, self.pipeline.speech() if whole else None,
+                                   roles=self.options.roles, language=(ev.summary or {}).get("language"),
+                                   resumed=self.resumed, end_reason=self.end_reason).model_dump()
             ev.t = round(duration, 3)
         body = ev.model_dump_json()
         if typ in SUMMARY_TYPES:

@@ -33,7 +33,6 @@ from calltone.batch.report import CallReport
 from calltone.batch.scorer import ScoreOptions, Scored, failed, report_names, score_recording
 from calltone.events import call_id_from_name
 from calltone.server.tasks import cancel_and_wait
-from calltone.summary import compute_summary
 
 if TYPE_CHECKING:
     from calltone.server.calls import Services
@@ -314,8 +313,7 @@ def stored_call(job_id: str, report: CallReport, path: Path) -> tuple[dict, list
     for seq, body in enumerate(bodies, 1):
         body["seq"], body["server_time"] = seq, round(now, 3)
     ended = next((b for b in bodies if b["type"] == "call.ended"), None)
-    summary = compute_summary([b for b in bodies if b["type"] != "call.ended"], report.duration_s,
-                              {**(ended or {}).get("summary", {}), "end_reason": "scored"})
+    summary = {**(ended or {}).get("summary", {}), "end_reason": "scored"}
     if ended is not None:
         ended["summary"] = summary
     call = {"call_id": report.call_id, "status": "ended", "agent_id": None, "language": report.language,

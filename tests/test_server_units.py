@@ -15,7 +15,7 @@ from calltone.speech.g711 import ALAW_TO_INT16, ULAW_TO_INT16, alaw_encode, ulaw
 from calltone.server.twilio import TrackAligner
 from calltone.pii import cn_id_ok, luhn_ok, mask_text, mask_words
 from calltone.server.store import AsyncStore
-from calltone.summary import compute_summary
+from calltone.summary import summarize
 from calltone.server.webhooks import sign, verify
 
 # --------------------------------------------------------------------------- PII
@@ -175,12 +175,12 @@ def test_summary_talk_overtalk_grades():
         {"type": "emotion.update", "channel": "customer", "t": 6.0, "grade": "angry", "index": 80},
         {"type": "escalation.raised", "channel": "customer", "t": 6.5, "alert_id": "x", "reason": "r"},
     ]
-    s = compute_summary(events, 10.0)
-    assert s["overtalk_s"] == 1.0
-    assert s["silence_s"] == 2.0
-    assert s["talk_ratio"] == {"agent": 0.444, "customer": 0.556}
-    assert s["grade_shares"]["customer"]["angry"] == pytest.approx(4 / 7, abs=1e-3)
-    assert s["peak_grade"] == "angry" and s["escalations"] == 1
+    s = summarize(events, 10.0)
+    assert s.overtalk_s == 1.0
+    assert s.silence_s == 2.0
+    assert s.talk_share == {"agent": 0.444, "customer": 0.556}
+    assert s.grades["customer"].seconds == {"calm": 3.0, "anxious": 0.0, "angry": 2.0}  # speech 3-8 s, angry from 6 s
+    assert s.peak_grade == "angry" and s.escalations == 1
 
 
 # --------------------------------------------------------------------------- auth

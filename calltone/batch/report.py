@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from calltone.events import Event, Grade, Probs
-from calltone.summary import GRADE_ORDER, conversation_metrics
+from calltone.summary import GRADE_ORDER, CallSummary, _conversation as conversation_metrics, _union, summarize
 
 REPORT_VERSION = 1
 
@@ -89,6 +89,7 @@ class CallReport(BaseModel):
     timeline: list[TimelinePoint]
     alerts: list[ReportAlert]
     metrics: CallMetrics
+    summary: CallSummary | None = Field(None, description="the call summary (docs/events.md), as in call.ended")
     scored_at: float = Field(description="Unix seconds")
     scoring_s: float = Field(0.0, description="wall seconds spent scoring")
     options: dict = Field(default_factory=dict)
@@ -129,11 +130,14 @@ def build_report(call_id: str, source: str, events: list[Event], speech: dict[st
         elif e.type == "escalation.cleared" and e.alert_id in alerts:
             alerts[e.alert_id].cleared_t = e.t
     language = next((e.summary.get("language") for e in events if e.type == "call.ended"), None)
-    metrics = _metrics(speech, duration_s, segs, updates, list(alerts.values()), language)
+    summary = summarize(events, duration_s, speech, roles=channels, language=language)
+    events = [e.model_copy(update={"summary": summary.model_dump()}) if e.type == "call.ended" else e for e in events]
+    language = summary.language
+    metrics = _metrics({r: _union(iv) for r, iv in speech.items()}, duration_s, segs, updates, list(alerts.values()), language)
     notes = ["mono recording: both parties are mixed and graded as one speaker ('customer')"] if mono else []
     return CallReport(call_id=call_id, source=source, source_sha256=source_sha256, duration_s=round(duration_s, 3),
                       language=language, channels=channels, mono=mono, notes=notes, segments=segs, timeline=timeline,
-                      alerts=list(alerts.values()), metrics=metrics, scored_at=scored_at, options=options or {},
+                      alerts=list(alerts.values()), metrics=metrics, summary=summary, scored_at=scored_at, options=options or {},
                       events=[e for e in events if e.type != "transcript.partial"])
 
 
