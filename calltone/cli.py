@@ -173,11 +173,47 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.calls:
+        return _eval_calls(args)
     from calltone.models.training import evaluate
 
     evaluate.run(Path(args.manifest), telephony=args.telephony, as_json=args.json,
                  model_path=Path(args.model_file) if args.model_file else None)
     return 0
+
+
+def _eval_calls(args: argparse.Namespace) -> int:
+    """Score labelled calls through the batch pipeline and compare with their labels."""
+    from tqdm import tqdm
+
+    from calltone.batch.evaluation import figures, format_figures, score_labelled
+    from calltone.batch.labels import find_labelled_calls
+
+    settings = _settings(args)
+    if args.model_dir:
+        settings.emotion.model_dir = Path(args.model_dir)
+    found, problems = find_labelled_calls(Path(args.calls))
+    for path, why in problems:
+        print(f"calltone: {path}: {why}", file=sys.stderr)
+    if not found:
+        print(f"calltone: no labelled calls in {args.calls} (docs/batch.md, 'Labelled calls')", file=sys.stderr)
+        return 2
+    print(f"calltone: scoring {len(found)} labelled call(s)...", file=sys.stderr)
+    outcomes, failures = [], 0
+    with tqdm(total=len(found), unit="call", dynamic_ncols=True, file=sys.stderr) as bar:
+        for _, done, result in score_labelled(found, settings, args.workers):
+            bar.update(1)
+            if result is None:
+                failures += 1
+                bar.write(f"calltone: {done.path}: {done.error}", file=sys.stderr)
+            else:
+                outcomes.append(result)
+    result = figures(outcomes)
+    if args.json:
+        print(json.dumps({"calls": [o.__dict__ for o in outcomes], "figures": result.as_dict()}, indent=1, ensure_ascii=False))
+    else:
+        print(format_figures(result))
+    return 1 if failures or problems else 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -258,11 +294,19 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", required=True, help="output directory (e.g. models/) or .onnx file; the prosody-only model goes beside it")
     tr.set_defaults(func=cmd_train)
 
-    ev = sub.add_parser("eval", help="evaluate the emotion classifier on a labelled manifest")
-    ev.add_argument("--manifest", required=True)
-    ev.add_argument("--telephony", action="store_true", help="simulate 8 kHz G.711 phone audio first")
+    ev = sub.add_parser("eval", help="evaluate the emotion classifier on labelled clips (--manifest) or labelled "
+                                     "calls (--calls, scored through the whole pipeline)")
+    what = ev.add_mutually_exclusive_group(required=True)
+    what.add_argument("--manifest", help="clip manifest (CSV: path, grade, speaker, ...)")
+    what.add_argument("--calls", metavar="DIR", help="folder of recordings, each with its labels in CALL.json "
+                                                      "(docs/batch.md, 'Labelled calls')")
+    ev.add_argument("--telephony", action="store_true", help="--manifest: simulate 8 kHz G.711 phone audio first")
     ev.add_argument("--json", action="store_true")
-    ev.add_argument("--model-file", help="ONNX model (default: the shipped one)")
+    ev.add_argument("--model-file", help="--manifest: ONNX model (default: the shipped one)")
+    ev.add_argument("--model-dir", help="--calls: emotion model folder (as written by calltone train; default: shipped)")
+    ev.add_argument("--workers", type=int, help="--calls: worker processes (default: one per core)")
+    ev.add_argument("--language", choices=["zh", "en", "auto"], help="--calls: the calls' language (default: detect)")
+    ev.add_argument("--config", help="TOML settings file")
     ev.set_defaults(func=cmd_eval)
 
     sv = sub.add_parser("serve", help="run the live service")

@@ -361,8 +361,10 @@ def export_onnx(model, n_inputs: int, path: Path, gate_model=None) -> dict:
     return names
 
 
-def fit_and_export(d: Data, cfg: Config, out: Path, cv: dict, extra_meta: dict | None = None):
-    idx = np.arange(len(d.speaker))
+def fit_and_export(d: Data, cfg: Config, out: Path, cv: dict, extra_meta: dict | None = None,
+                   idx: np.ndarray | None = None):
+    """Fit on the clips ``idx`` (default: all) and export ONNX + sidecar to ``out``."""
+    idx = np.arange(len(d.speaker)) if idx is None else idx
     X, y, ps = train_rows(d, idx, cfg, seed=123)
     model = make_model(cfg.kind, cfg.C, seed=0, pca=cfg.pca).fit(X, y)
     power = float(cv.get("power", 0.0))
@@ -416,7 +418,8 @@ def fit_and_export(d: Data, cfg: Config, out: Path, cv: dict, extra_meta: dict |
         "config": {k: v for k, v in cfg.__dict__.items()},
         "train_rows": int(len(y)),
         "training_data": {
-            "clips": int(len(d.speaker)),
+            "clips": int(len(idx)),
+            "speakers": sorted(set(d.speaker[idx].tolist())),
             "corpora": {
                 "emodb": "EmoDB, German, 10 speakers; TU Berlin, for research",
                 "ravdess": "RAVDESS speech, English, actors 01-18; CC BY-NC-SA 4.0 (non-commercial, share-alike)",
