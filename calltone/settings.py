@@ -100,6 +100,27 @@ class ServerSettings(BaseModel):
                             "'wss://calltone.example.com' (Twilio signs that URL); default: rebuilt from the request")
 
 
+AnomalyKpi = Literal["angry_call_share", "escalation_rate"]  # KPIs that are shares of calls (server/anomaly.py)
+
+
+class AnomalySettings(BaseModel):
+    """ops.anomaly alerts: a queue's or agent's KPI this hour against the same hour of the weeks before (docs/ops.md)."""
+
+    enabled: bool = True
+    interval_s: float = Field(300.0, gt=0, description="how often the current and the previous hour are judged "
+                              "(with server.bus_url: by one node per interval)")
+    kpis: list[AnomalyKpi] = Field(["angry_call_share", "escalation_rate"], description="the KPIs judged")
+    scopes: list[Literal["queue", "agent"]] = Field(["queue", "agent"], description="judged per queue and per agent")
+    baseline_weeks: int = Field(4, ge=1, le=12, description="the baseline: the same hour of the same weekday, this "
+                                "many weeks back")
+    min_calls: int = Field(10, ge=1, description="calls the hour needs before it can alarm (one call never does)")
+    min_baseline_calls: int = Field(20, ge=2, description="calls the baseline needs")
+    min_increase: float = Field(0.15, gt=0, le=1, description="the share must exceed the baseline by at least this "
+                                "much (0.15: 15 percentage points)")
+    min_z: float = Field(3.0, gt=0, description="and by at least this many standard errors of the baseline share "
+                         "over the hour's calls")
+
+
 class BatchSettings(BaseModel):
     engine: Literal["local", "ray"] = Field("local", description="where `calltone score` and POST /v1/jobs score: "
                                             "'local' (worker processes / the server's own runtime) or 'ray' (Ray actors; "
@@ -126,6 +147,7 @@ class Settings(BaseSettings):
     privacy: PrivacySettings = PrivacySettings()
     server: ServerSettings = ServerSettings()
     batch: BatchSettings = BatchSettings()
+    anomaly: AnomalySettings = AnomalySettings()
 
     @classmethod
     def settings_customise_sources(

@@ -69,6 +69,7 @@ class PostgresRepository(SqlRepository):
 
     PARAM = "%({})s"
     GREATEST = "GREATEST"
+    FLOOR = "FLOOR({})"
 
     def __init__(self, url: str, pool_size: int = POOL_SIZE, pool_timeout_s: float = POOL_TIMEOUT_S) -> None:
         dsn = conninfo(url)

@@ -37,6 +37,7 @@ class SqliteRepository(SqlRepository):
 
     PARAM = ":{}"
     GREATEST = "MAX"
+    FLOOR = "CAST({} AS INTEGER)"
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
