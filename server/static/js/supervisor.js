@@ -1,11 +1,12 @@
 // Supervisor console: live calls by risk, the alert feed (ack / barge in), follow a call live.
-import { CallFeed, GRADE_RANK, HttpError, api, boot, el, fmtClock, fmtTime, fmtTrend, gradeBadge, onLangChange, openSocket, t } from "./common.js";
+import { GRADE_RANK, HttpError, api, boot, el, fill, fmtClock, fmtIndex, fmtTime, fmtTrend, gradeBadge, onLangChange, openSocket, reasonText,
+  t } from "./common.js";
 import { CallView } from "./callview.js";
 
 boot("supervisor_title");
 const app = document.getElementById("app");
 
-const calls = new Map();   // call_id -> {info, grade, index, trend, feed}
+const calls = new Map();   // call_id -> {info, grade, index, trend} from /v1/live
 const alerts = new Map();  // alert_id -> AlertMessage
 let following = null;      // CallView
 let soundOn = false;
@@ -64,24 +65,42 @@ function renderBoard() {
   }));
 }
 
-async function refreshCalls() {
+// One websocket (/v1/live) for the whole board: a snapshot of the live calls, then at most one frame a second
+// with the calls that changed (a call whose status is no longer "live" leaves the board).
+function applyLive(s) {
+  if (s.status !== "live") { calls.delete(s.call_id); return; }
+  calls.set(s.call_id, { info: { call_id: s.call_id, agent_id: s.agent_id, started_at: s.started_at, queue: s.queue },
+    grade: s.grade, index: s.index, trend: s.trend });
+}
+
+let liveRetry = 0;
+const retryLive = () => setTimeout(connectLive, Math.min(5000, 300 * 2 ** liveRetry++));
+async function connectLive() {
+  let ws;
   try {
-    const { calls: live } = await api("/v1/calls?status=live&limit=200");
-    const ids = new Set(live.map((c) => c.call_id));
-    for (const [id, c] of calls) if (!ids.has(id)) { c.feed.stop(); calls.delete(id); }
-    for (const info of live) {
-      if (calls.has(info.call_id)) { calls.get(info.call_id).info = info; continue; }
-      const c = { info, grade: null, index: null, trend: 0 };
-      c.feed = new CallFeed(info.call_id, (ev) => {
-        if (ev.type === "emotion.update" && ev.channel === "customer") {
-          c.grade = ev.grade; c.index = ev.index; c.trend = ev.trend;
-          renderBoard();
-        } else if (ev.type === "call.ended") { c.feed.stop(); calls.delete(info.call_id); renderBoard(); }
-      }).start();
-      calls.set(info.call_id, c);
-    }
+    ws = await openSocket("/v1/live");
+  } catch (e) {
+    if (e instanceof HttpError && e.status === 403) board.replaceChildren(el("tr", {}, el("td", { colspan: 7, class: "error" }, t("forbidden"))));
+    else retryLive();
+    return;
+  }
+  let lastError = null;
+  ws.onopen = () => { liveRetry = 0; };
+  ws.onmessage = (m) => {
+    const msg = JSON.parse(m.data);
+    if (msg.type === "error") { lastError = msg.code; return; }
+    if (msg.type === "live.snapshot") calls.clear();
+    for (const s of msg.calls) applyLive(s);
     renderBoard();
-  } catch (e) { console.warn(e); }
+    renderAlerts(); // a card offers barge-in only while its call is live
+  };
+  ws.onclose = (e) => {
+    if (e.code === 1008 && lastError !== "unauthorized") {
+      board.replaceChildren(el("tr", {}, el("td", { colspan: 7, class: "error" }, t("forbidden"))));
+      return;
+    }
+    retryLive(); // dropped, or a node going away: a new snapshot on reconnect
+  };
 }
 
 setInterval(() => {
@@ -126,21 +145,25 @@ function renderAlerts() {
   alertList.replaceChildren(...list.map((a) => {
     const status = a.status || "open";
     const btnAck = el("button", { type: "button", class: "secondary", "data-action": "ack" }, "✔ ", t("ack"));
-    const btnBarge = el("button", { type: "button", class: "danger", "data-action": "barge" }, "☎ ", t("barge"));
-    btnAck.onclick = () => ack(a.alert_id, false, [btnAck, btnBarge]);
-    btnBarge.onclick = () => ack(a.alert_id, true, [btnAck, btnBarge]);
+    // barging in needs an open alert on a call still live; a cleared or ended one can only be acknowledged
+    const btnBarge = status === "open" && calls.has(a.call_id)
+      ? el("button", { type: "button", class: "danger", "data-action": "barge" }, "☎ ", t("barge")) : null;
+    const buttons = [btnAck, btnBarge].filter(Boolean);
+    btnAck.onclick = () => ack(a.alert_id, false, buttons);
+    if (btnBarge) btnBarge.onclick = () => ack(a.alert_id, true, buttons);
     const who = a.acked_by ? t("acked_by", { who: a.acked_by }) + (a.barge_in ? ` · ${t("barge_in_note")}` : "") : "";
-    return el("article", { class: `alert-card status-${status}`, "data-alert": a.alert_id, "data-status": status },
+    return el("article", { class: `alert-card status-${status}`, "data-alert": a.alert_id, "data-status": status,
+      "data-live": calls.has(a.call_id) ? "true" : "false" },
       el("div", { class: "row" },
         el("span", { class: `pill ${status === "open" ? "alert" : status === "acked" ? "ok" : "muted"}` },
           status === "open" ? "⚠ " : status === "acked" ? "✔ " : "↘ ", t(`status_${status}`)),
         el("b", {}, a.agent_id || ""), el("code", {}, a.call_id),
         el("span", { class: "spacer" }), el("span", { class: "muted" }, fmtTime(a.raised_at))),
-      el("p", { class: "reason" }, a.reason || ""),
-      a.evidence?.index != null ? el("p", { class: "muted" }, `${t("index")} ${Math.round(a.evidence.index)}`) : null,
+      el("p", { class: "reason" }, reasonText(a)),
+      a.evidence?.index != null ? el("p", { class: "muted" }, `${t("index")} ${fmtIndex(a.evidence.index)}`) : null,
       (a.excerpt || []).length ? el("blockquote", {}, (a.excerpt || []).slice(-3).map((x) => el("div", {}, el("b", {}, `${t(x.channel)}: `), x.text))) : null,
       el("div", { class: "row actions" },
-        status !== "acked" ? [btnAck, btnBarge] : el("span", { class: "muted" }, who),
+        status !== "acked" ? buttons : el("span", { class: "muted" }, who),
         el("span", { class: "spacer" }),
         el("button", { type: "button", class: "link", onclick: () => follow(a.call_id) }, t("open_call"))));
   }));
@@ -182,7 +205,7 @@ function follow(callId) {
   if (following?.callId === callId) { followEl.scrollIntoView({ behavior: "smooth", block: "start" }); return; }
   following?.destroy();
   const root = el("div", {});
-  followEl.replaceChildren(
+  fill(followEl,
     el("div", { class: "row" }, el("h2", {}, t("following")), el("span", { class: "spacer" }),
       el("a", { href: `/agent?call=${encodeURIComponent(callId)}`, target: "_blank", rel: "noopener" }, "↗"),
       el("button", { type: "button", class: "link", onclick: unfollow }, t("close"))),
@@ -212,5 +235,4 @@ renderAlerts();
 const initial = new URL(location.href).searchParams.get("call");
 if (initial) follow(initial); else unfollow();
 // a first authenticated request (asks for a token if needed) before opening the alert socket
-refreshCalls().then(connectAlerts);
-setInterval(refreshCalls, 2000);
+connectLive().then(connectAlerts);
