@@ -19,7 +19,8 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 STATIC = Path(__file__).resolve().parent / "static"
-PAGES = {"/": "index.html", "/agent": "agent.html", "/supervisor": "supervisor.html", "/qa": "qa.html", "/docs": "docs.html"}
+PAGES = {"/": "index.html", "/agent": "agent.html", "/supervisor": "supervisor.html", "/qa": "qa.html", "/ops": "ops.html",
+         "/docs": "docs.html"}
 _HEADERS = {"Cache-Control": "no-cache"}
 
 router = APIRouter(include_in_schema=False)

@@ -24,7 +24,7 @@ from calltone.server.kpis import KpiSlotQuery, call_columns, report
 from calltone.server.postgres import PostgresRepository
 from calltone.server.sqlbase import SqlRepository
 from calltone.server.sqlite import SqliteRepository
-from calltone.settings import AnomalySettings, ServerSettings, Settings
+from calltone.settings import AnomalySettings, PrivacySettings, ServerSettings, Settings
 from calltone.summary import CallSummary, ChannelGrades
 
 from .pg import PgServer, postgres  # noqa: F401 -- the session's PostgreSQL server
@@ -91,16 +91,16 @@ def at(local: str, tz: ZoneInfo = SHANGHAI) -> float:
     return datetime.fromisoformat(local).replace(tzinfo=tz).timestamp()
 
 
-# Monday 23 and Tuesday 24 November 2026, Shanghai time.  Hand-computed figures are in the tests.
+# Monday 24 and Tuesday 25 November 2025, Shanghai time.  Hand-computed figures are in the tests.
 CALLS = [
-    Seed("d1-a", at("2026-11-23T09:10"), duration_s=120, escalations=1, angry_s=30, peak_index=80, talk=(50, 40),
+    Seed("d1-a", at("2025-11-24T09:10"), duration_s=120, escalations=1, angry_s=30, peak_index=80, talk=(50, 40),
          silence_s=30, overtalk_s=4, interruptions=(2, 1), rate=180, alerts=[(True, 20.0)]),
-    Seed("d1-b", at("2026-11-23T09:40"), queue="sales", agent="a2", language="en", duration_s=60, peak_index=20,
+    Seed("d1-b", at("2025-11-24T09:40"), queue="sales", agent="a2", language="en", duration_s=60, peak_index=20,
          talk=(20, 30), silence_s=10, overtalk_s=0, interruptions=(0, 0), rate=150),
-    Seed("d1-c", at("2026-11-23T14:05"), agent="a2", duration_s=180, escalations=2, angry_s=60, peak_index=90,
+    Seed("d1-c", at("2025-11-24T14:05"), agent="a2", duration_s=180, escalations=2, angry_s=60, peak_index=90,
          talk=(80, 60), silence_s=40, overtalk_s=6, interruptions=(3, 0), rate=None, alerts=[(False, 40.0), (None, None)]),
-    # 07:30 Shanghai on the 24th is 23:30 UTC on the 23rd
-    Seed("d2-a", at("2026-11-24T07:30"), direction="outbound", duration_s=240, peak_index=40, talk=(100, 100),
+    # 07:30 Shanghai on the 25th is 23:30 UTC on the 24th
+    Seed("d2-a", at("2025-11-25T07:30"), direction="outbound", duration_s=240, peak_index=40, talk=(100, 100),
          silence_s=40, overtalk_s=10, interruptions=(1, 1), rate=210),
 ]
 
@@ -127,10 +127,10 @@ def server(tmp_path_factory, runtime):
     data = tmp_path_factory.mktemp("data")
     repo = SqliteRepository(data / "calltone.db")
     seed(repo, CALLS)
-    seed(repo, [Seed("old-live", at("2026-11-23T10:00"))])  # then made live: only ended calls count
+    seed(repo, [Seed("old-live", at("2025-11-24T10:00"))])  # then made live: only ended calls count
     repo.update_call("old-live", status="live")
     repo.close()
-    s = Settings()
+    s = Settings(privacy=PrivacySettings(retention_days=0))  # the seeded calls are older than the default 30 days
     s.server = ServerSettings(data_dir=data, tokens=dict(TOKENS))
     with ServerThread(create_app(s, runtime), s) as srv:
         yield srv
@@ -140,11 +140,11 @@ def server(tmp_path_factory, runtime):
 
 
 def test_day_buckets_in_the_viewers_time_zone_match_a_hand_computation(server) -> None:
-    body = kpis(server, **{"from": "2026-11-23", "to": "2026-11-24"}, tz="Asia/Shanghai", bucket="day")
-    assert body["tz"] == "Asia/Shanghai" and body["start"] == at("2026-11-23T00:00") and body["end"] == at("2026-11-25T00:00")
+    body = kpis(server, **{"from": "2025-11-24", "to": "2025-11-25"}, tz="Asia/Shanghai", bucket="day")
+    assert body["tz"] == "Asia/Shanghai" and body["start"] == at("2025-11-24T00:00") and body["end"] == at("2025-11-26T00:00")
     [series] = body["series"]
     day1, day2 = series["buckets"]
-    assert (day1["label"], day2["label"]) == ("2026-11-23T00:00:00+08:00", "2026-11-24T00:00:00+08:00")
+    assert (day1["label"], day2["label"]) == ("2025-11-24T00:00:00+08:00", "2025-11-25T00:00:00+08:00")
     # day 1: d1-a, d1-b, d1-c (durations 120 + 60 + 180 = 360 s)
     assert day1["calls"] == 3
     assert day1["handle_time_s"] == 120.0                       # 360 / 3
@@ -168,22 +168,22 @@ def test_day_buckets_in_the_viewers_time_zone_match_a_hand_computation(server) -
 
 
 def test_the_same_calls_in_utc_days_and_hours(server) -> None:
-    utc = kpis(server, **{"from": "2026-11-23", "to": "2026-11-24"}, tz="UTC", bucket="day")
-    assert [b["calls"] for b in utc["series"][0]["buckets"]] == [4, 0]  # 07:30 Shanghai on the 24th is the 23rd in UTC
-    hours = kpis(server, **{"from": "2026-11-23T09:00", "to": "2026-11-23T15:00"}, tz="Asia/Shanghai", bucket="hour")
+    utc = kpis(server, **{"from": "2025-11-24", "to": "2025-11-25"}, tz="UTC", bucket="day")
+    assert [b["calls"] for b in utc["series"][0]["buckets"]] == [4, 0]  # 07:30 Shanghai on the 25th is the 24th in UTC
+    hours = kpis(server, **{"from": "2025-11-24T09:00", "to": "2025-11-24T15:00"}, tz="Asia/Shanghai", bucket="hour")
     buckets = hours["series"][0]["buckets"]
-    assert len(buckets) == 6 and buckets[0]["label"] == "2026-11-23T09:00:00+08:00"
+    assert len(buckets) == 6 and buckets[0]["label"] == "2025-11-24T09:00:00+08:00"
     assert [b["calls"] for b in buckets] == [2, 0, 0, 0, 0, 1]
     assert buckets[0]["handle_time_s"] == 90.0 and buckets[1]["handle_time_s"] is None
 
 
 def test_week_buckets_start_on_monday_and_days_follow_daylight_saving(server) -> None:
-    week = kpis(server, **{"from": "2026-11-22", "to": "2026-11-29"}, tz="Asia/Shanghai", bucket="week")
+    week = kpis(server, **{"from": "2025-11-23", "to": "2025-11-30"}, tz="Asia/Shanghai", bucket="week")
     assert [(b["label"], b["calls"]) for b in week["series"][0]["buckets"]] == [
-        ("2026-11-16T00:00:00+08:00", 0), ("2026-11-23T00:00:00+08:00", 4)]  # Sunday 22nd is in the week of the 16th
-    later = kpis(server, **{"from": "2026-11-25", "to": "2026-11-26"}, tz="Asia/Shanghai", bucket="week")
-    [bucket] = later["series"][0]["buckets"]  # the range counts: calls of the 23rd and 24th are outside it
-    assert bucket["label"] == "2026-11-23T00:00:00+08:00" and bucket["calls"] == 0
+        ("2025-11-17T00:00:00+08:00", 0), ("2025-11-24T00:00:00+08:00", 4)]  # Sunday 23rd is in the week of the 17th
+    later = kpis(server, **{"from": "2025-11-26", "to": "2025-11-27"}, tz="Asia/Shanghai", bucket="week")
+    [bucket] = later["series"][0]["buckets"]  # the range counts: calls of the 24th and 25th are outside it
+    assert bucket["label"] == "2025-11-24T00:00:00+08:00" and bucket["calls"] == 0
     ny = ZoneInfo("America/New_York")  # summer time ends on Sunday 1 November 2026: a 25-hour day
     body = kpis(server, **{"from": "2026-10-31", "to": "2026-11-02"}, tz="America/New_York", bucket="day")
     starts = [b["start"] for b in body["series"][0]["buckets"]]
@@ -193,7 +193,7 @@ def test_week_buckets_start_on_monday_and_days_follow_daylight_saving(server) ->
 
 
 def test_filters_and_grouping(server) -> None:
-    span = {"from": "2026-11-23", "to": "2026-11-24", "tz": "Asia/Shanghai"}
+    span = {"from": "2025-11-24", "to": "2025-11-25", "tz": "Asia/Shanghai"}
     by_queue = kpis(server, **span, group_by="queue")
     assert [(s["group"], s["total"]["calls"]) for s in by_queue["series"]] == [("billing", 3), ("sales", 1)]
     assert by_queue["series"][1]["total"]["customer_talk_share"] == 0.4  # 20 / 50
@@ -218,7 +218,7 @@ def test_an_empty_range_has_its_buckets_and_no_figures(server) -> None:
 @pytest.mark.parametrize(("params", "message"), [
     ({"tz": "Mars/Olympus"}, "unknown time zone 'Mars/Olympus'"),
     ({"from": "yesterday"}, "from: 'yesterday' is neither Unix seconds nor an ISO 8601"),
-    ({"from": "2026-11-24", "to": "2026-11-23"}, "must be before to"),
+    ({"from": "2025-11-25", "to": "2025-11-24"}, "must be before to"),
     ({"from": "2020-01-01", "to": "2026-01-01", "bucket": "hour"}, "more than 2000 hour buckets"),
     ({"bucket": "month"}, "bucket"),
     ({"group_by": "colour"}, "group_by"),
@@ -242,9 +242,9 @@ def test_postgresql_sums_as_sqlite_does(tmp_path: Path, postgres: PgServer) -> N
         answers = []
         for repo in (lite, pg):
             seed(repo, CALLS)
-            q = KpiSlotQuery(at("2026-11-23T00:00"), at("2026-11-25T00:00"), group="agent_id", filters={"queue": "billing"})
+            q = KpiSlotQuery(at("2025-11-24T00:00"), at("2025-11-26T00:00"), group="agent_id", filters={"queue": "billing"})
             answers.append(report(repo.kpi_sums(q), q, "day", SHANGHAI, "agent").model_dump())
-            whole = repo.kpi_sums(KpiSlotQuery(at("2026-11-23T00:00"), at("2026-11-25T00:00"), slot_s=None))
+            whole = repo.kpi_sums(KpiSlotQuery(at("2025-11-24T00:00"), at("2025-11-26T00:00"), slot_s=None))
             assert [(s.slot, s.group, s.sums.calls, s.sums.alerts) for s in whole] == [(0.0, None, 4, 3)]
         assert answers[0] == answers[1]
         assert [(s["group"], s["total"]["calls"]) for s in answers[0]["series"]] == [("a1", 2), ("a2", 1)]
