@@ -16,18 +16,48 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import soxr
 
+from calltone.events import EmotionUpdate, Probs, TranscriptFinal
 from calltone.server.app import ServerThread, create_app
 from calltone.server.audiokeeper import AudioKeeper
 from calltone.settings import ServerSettings, Settings
 
 from .conftest import SPEECH, needs_shared
+from .test_pages import BROWSER_ARGS, CHROMIUM, new_page, playwright_sync
 
 pytestmark = needs_shared(SPEECH / "stereo_diarization.wav", SPEECH / "jfk.flac")
 
 TOKENS = {"admin-token-00001": "admin", "super-token-0001": "supervisor:sam", "qa-token-0000001": "qa:quinn",
           "agent-a1-token-01": "agent:a1", "agent-a2-token-01": "agent:a2"}
 ADMIN, SUP, QA, A1, A2 = TOKENS
+REVIEW_LINES = [(0.3, 2.5, "And so my fellow Americans"), (3.0, 5.5, "ask not what your country can do for you"),
+                (6.0, 8.0, "ask what you can do"), (8.5, 10.8, "for your country")]  # (start, end, text) of review-1
+
+
+def seed_review(srv: ServerThread) -> None:
+    """review-1: 11 s of real speech kept per speaker (AudioKeeper), four finals and an emotion update a second."""
+    s = srv.services
+    audio, rate = sf.read(str(SPEECH / "jfk.flac"), dtype="float32", always_2d=True)
+    speech = soxr.resample(audio.mean(axis=1), rate, 16000).astype(np.float32)
+    keeper = AudioKeeper(s.audio_dir / "review-1", ["customer", "agent"])
+    keeper.write({"customer": speech, "agent": speech * 0.5})
+    keeper.close()
+    events = [TranscriptFinal(call_id="review-1", t=end, channel="customer", start=start, end=end, text=text, language="en")
+              for start, end, text in REVIEW_LINES]
+    events += [EmotionUpdate(call_id="review-1", t=float(k), channel="customer", grade="anxious" if k > 5 else "calm",
+                             index=20.0 + 5 * k, probs=Probs(calm=0.5, anxious=0.3, angry=0.2)) for k in range(1, 11)]
+    events.sort(key=lambda e: e.t)
+    now = time.time()
+
+    def write(r):
+        r.upsert_call({"call_id": "review-1", "status": "ended", "agent_id": "a1", "started_at": now - 30,
+                       "ended_at": now - 19, "duration_s": 11.0, "metadata": {}, "roles": ["customer", "agent"]})
+        for seq, ev in enumerate(events, 1):
+            ev.seq = seq
+            r.append_event("review-1", seq, ev.type, ev.t, now, ev.model_dump_json())
+
+    srv.call(lambda: s.store.write(write))
 
 
 def seed(srv: ServerThread, recording: Path) -> None:
@@ -64,6 +94,7 @@ def server(tmp_path_factory, runtime):
     s.privacy.keep_audio = True
     with ServerThread(create_app(s, runtime), s) as srv:
         seed(srv, recording)
+        seed_review(srv)
         srv.recording = recording  # type: ignore[attr-defined]
         yield srv
 
@@ -177,3 +208,67 @@ def test_access_log_pages(server):
     times = [e["at"] for e in entries]
     assert times == sorted(times, reverse=True) and len({e["id"] for e in entries}) == 4
     assert first["entries"][0]["principal"] == "admin" and first["entries"][0]["bytes"] == 10
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} missing: `make test` installs Debian's chromium")
+    with playwright_sync.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=BROWSER_ARGS)
+        yield b
+        b.close()
+
+
+PLAYER_READY = "() => { const a = document.querySelector('[data-testid=player]'); return a && a.readyState >= 1; }"
+
+
+def heard(page) -> tuple[float, list[int], float]:
+    """The audio's position, the transcript lines highlighted, and the playhead's time on the chart."""
+    return page.evaluate("""() => [document.querySelector('[data-testid=player]').currentTime,
+        [...document.querySelectorAll('[data-testid=qa-transcript] .line')].flatMap((l, i) => l.classList.contains('playing') ? [i] : []),
+        +document.querySelector('[data-testid=playhead]').dataset.t]""")
+
+
+def test_review_playback_seeks_and_follows(server, browser):
+    """On /qa a click on a transcript line seeks the audio to its start and highlights it, the playhead moves
+    there; a click on the chart seeks to that time and highlights the line being heard; switching to one
+    speaker keeps the place; the browser's range requests are in the access log as the QA user's."""
+    before = len(audit(server, "review-1"))
+    page = new_page(browser)
+    page.goto(f"{server.http}/qa?call=review-1#token={QA}")
+    page.wait_for_function(PLAYER_READY, timeout=20_000)
+    lines = page.locator("[data-testid=qa-transcript] .line")
+    assert lines.count() == len(REVIEW_LINES)
+    lines.nth(2).click()
+    page.wait_for_function("() => Math.abs(document.querySelector('[data-testid=player]').currentTime - 6.0) < 0.05")
+    position, playing, playhead = heard(page)
+    assert abs(position - 6.0) < 0.05 and playing == [2] and abs(playhead - 6.0) < 0.05
+    box = page.locator("[data-testid=timeline] .u-over").bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.2, box["y"] + box["height"] / 2)
+    page.wait_for_function("() => document.querySelector('[data-testid=player]').currentTime < 5.9")
+    position, playing, playhead = heard(page)
+    expected = max(i for i, (start, _, _) in enumerate(REVIEW_LINES) if start <= position + 0.05)
+    assert abs(position - playhead) < 0.05 and playing == [expected]
+    page.select_option("[data-testid=audio-kind]", "customer")
+    page.wait_for_function("() => document.querySelector('[data-testid=player]').src.includes('kind=customer')")
+    page.wait_for_function(PLAYER_READY)
+    page.wait_for_function(f"() => Math.abs(document.querySelector('[data-testid=player]').currentTime - {position}) < 0.05")
+    assert not page.errors, page.errors  # type: ignore[attr-defined]
+    log = audit(server, "review-1")[: len(audit(server, "review-1")) - before]
+    assert log and {e["principal"] for e in log} == {"qa:quinn"} and {e["kind"] for e in log} == {"stereo", "customer"}
+    page.context.close()
+
+
+def test_review_page_in_chinese_and_without_audio(server, browser):
+    page = new_page(browser, locale="zh-CN")
+    page.goto(f"{server.http}/qa?call=review-1#token={QA}")
+    page.wait_for_function(PLAYER_READY, timeout=20_000)
+    panel = page.locator("[data-testid=recording]").inner_text()
+    assert "收听" in panel and "每次播放都会记入音频访问日志" in panel and "双方（立体声）" in panel
+    page.goto(f"{server.http}/qa?call=mute-1")
+    page.wait_for_function("() => document.querySelector('[data-testid=no-audio]')?.textContent.includes('此通话没有录音')",
+                           timeout=20_000)
+    assert page.locator("[data-testid=player]").count() == 0
+    assert not page.errors, page.errors  # type: ignore[attr-defined]
+    page.context.close()

@@ -18,6 +18,7 @@ from calltone.server.app import ServerThread, create_app
 from calltone.settings import ServerSettings, Settings
 
 from .pg import PgServer, postgres  # noqa: F401 -- the session's PostgreSQL server
+from .test_pages import BROWSER_ARGS, CHROMIUM, new_page, playwright_sync
 
 TOKENS = {"qa-token-0000001": "qa:quinn", "agent-a1-token-01": "agent:a1"}
 QA, A1 = TOKENS
@@ -153,3 +154,34 @@ def test_agents_and_bad_input(server):
     assert status == 422 and "after" in body["detail"]
     status, body = search(server, q=" ".join(f"w{i}" for i in range(9)))
     assert status == 422 and "at most 8 words" in body["detail"]
+
+
+@pytest.mark.parametrize("server", ["sqlite"], indirect=True)  # the page is the same on either store
+def test_search_on_the_qa_page(server):
+    """/qa in Chromium: words and a queue filter the list through /v1/search; the pager walks the pages."""
+
+    with playwright_sync.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=BROWSER_ARGS)
+        page = new_page(browser, locale="zh-CN")
+        page.goto(f"{server.http}/qa#token={QA}")
+        rows = page.locator("[data-testid=calls] tr[data-call]")
+        page.wait_for_selector("[data-testid=total]")
+        assert page.locator("[data-testid=total]").inner_text() == f"共 {len(CALLS)} 通"
+        page.fill("input[name=q]", "refund")
+        page.fill("input[name=queue]", "billing")
+        page.click("[data-testid=filters] button[type=submit]")
+        page.wait_for_function("() => document.querySelector('[data-testid=total]')?.textContent === '共 2 通'")
+        assert [rows.nth(i).get_attribute("data-call") for i in range(rows.count())] == ["complaint-zh", "refund-angry"]
+        page.click("[data-testid=filters] button.link")  # reset
+        page.fill("input[name=queue]", "sales")
+        page.click("[data-testid=filters] button[type=submit]")
+        page.wait_for_function(f"() => document.querySelector('[data-testid=total]')?.textContent === '共 {FILLERS} 通'")
+        assert rows.count() == FILLERS and page.locator("[data-action=older]").count() == 0  # one page of 50
+        page.goto(f"{server.http}/qa?offset=20")
+        page.wait_for_selector("[data-action=newer]")
+        assert rows.count() == len(CALLS) - 20 and page.locator("[data-action=older]").count() == 0
+        page.click("[data-action=newer]")
+        page.wait_for_function("() => !location.search.includes('offset=20')")
+        page.wait_for_function(f"() => document.querySelectorAll('[data-testid=calls] tr[data-call]').length === {len(CALLS)}")
+        assert not page.errors, page.errors  # type: ignore[attr-defined]
+        browser.close()
