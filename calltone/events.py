@@ -120,11 +120,17 @@ class Guidance(EventBase):
     card: GuidanceCard
 
 
+RaiseCode = Literal["angry_sustained", "index_rise", "phrase"]
+ClearCode = Literal["calm", "call_ended"]
+
+
 class EscalationRaised(EventBase):
     type: Literal["escalation.raised"] = "escalation.raised"
     channel: str
     alert_id: str
-    reason: str
+    reason: str = Field(description="the reason in English words (pages say it from reason_code and reason_figures)")
+    reason_code: RaiseCode | None = Field(None, description="the rule that fired (None: stored before reasons had codes)")
+    reason_figures: dict = Field(default_factory=dict, description="the figures the reason states (docs/events.md)")
     evidence: dict = Field(default_factory=dict)
 
 
@@ -132,7 +138,9 @@ class EscalationCleared(EventBase):
     type: Literal["escalation.cleared"] = "escalation.cleared"
     channel: str
     alert_id: str
-    reason: str
+    reason: str = Field(description="why it cleared, in English words")
+    reason_code: ClearCode | None = Field(None, description="calm (the caller calmed down) or call_ended")
+    reason_figures: dict = Field(default_factory=dict, description="the figures the reason states (docs/events.md)")
 
 
 class CallEnded(EventBase):

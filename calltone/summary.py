@@ -26,6 +26,8 @@ GRADE_ORDER = {g: i for i, g in enumerate(GRADES)}
 INTERRUPTION_MIN_S = 0.5  # an interruption: the other had spoken this long before, and went on this long after
 RateUnit = Literal["words/min", "characters/min"]
 Intervals = list[tuple[float, float]]
+_HAN = re.compile(r"[\u4e00-\u9fff]")
+_WORD = re.compile(r"[\w']+")
 
 
 class ChannelGrades(BaseModel):
@@ -56,6 +58,8 @@ class CallSummary(BaseModel):
     interruptions: dict[str, int] = Field(description="role -> times that role started while the other was mid-speech")
     agent_speech_rate: float | None = Field(None, description="the agent's speech rate in agent_speech_rate_unit")
     agent_speech_rate_unit: RateUnit | None = Field(None, description="words/min (en) or characters/min (zh)")
+    speech_rate: dict[str, float] = Field(description="role -> speech rate in speech_rate_unit (roles with transcript)")
+    speech_rate_unit: RateUnit | None = Field(None, description="the call's rate unit: words/min or characters/min")
     grades: dict[str, ChannelGrades] = Field(description="per scored speaker (a speaker with emotion updates)")
     peak_grade: Grade | None = Field(None, description="the highest grade any scored speaker reached")
     peak_index: float | None = Field(None, description="emotion index 0-100 at the call's peak")
@@ -95,7 +99,9 @@ def summarize(events: Iterable[Mapping | BaseModel], duration_s: float, speech: 
     merged = {r: _union(iv) for r, iv in spans.items()}
     conv = _conversation(merged, duration)
     lang = language if language and language != "auto" else _language(finals, started)
-    rate, unit = _rate([f.get("text") or "" for f in finals if f["channel"] == "agent"], conv["talk_s"].get("agent", 0.0), lang)
+    unit = _rate_unit([f.get("text") or "" for f in finals], lang)
+    rates = {r: rate for r in merged if (rate := _rate([f.get("text") or "" for f in finals if f["channel"] == r],
+                                                      conv["talk_s"][r], unit)) is not None}
     grades = _grades(evs, merged)
     top = max(grades.items(), key=lambda kv: (GRADE_ORDER[kv[1].peak_grade], kv[1].peak_index), default=None)
     raised = [float(e["t"]) for e in evs if e.get("type") == "escalation.raised"]
@@ -105,7 +111,8 @@ def summarize(events: Iterable[Mapping | BaseModel], duration_s: float, speech: 
         talk_share={r: round(v / total, 3) for r, v in conv["talk_s"].items()} if total > 0 else {},
         silence_s=conv["silence_s"], silence_share=round(conv["silence_s"] / duration, 3) if duration > 0 else 0.0,
         longest_silence_s=conv["longest_silence_s"], overtalk_s=conv["overtalk_s"], interruptions=conv["interruptions"],
-        agent_speech_rate=rate, agent_speech_rate_unit=unit, grades=grades,
+        agent_speech_rate=rates.get("agent"), agent_speech_rate_unit=unit if "agent" in rates else None,
+        speech_rate=rates, speech_rate_unit=unit if rates else None, grades=grades,
         peak_grade=top[1].peak_grade if top else None, peak_index=top[1].peak_index if top else None,
         peak_channel=top[0] if top else None, peak_t=top[1].peak_t if top else None,
         escalations=len(raised), first_escalation_t=round(min(raised), 3) if raised else None,
@@ -120,16 +127,22 @@ def _language(finals: list[Mapping], started: Mapping | None) -> str | None:
     return said if said in ("zh", "en") else None
 
 
-def _rate(texts: list[str], talk_s: float, language: str | None) -> tuple[float | None, RateUnit | None]:
-    """Characters per minute of speech for Chinese (Han characters), words per minute otherwise; the call's
-    language decides, the text when the language is not known (more than a third Han characters: Chinese)."""
+def _rate_unit(texts: list[str], language: str | None) -> RateUnit:
+    """Characters per minute for Chinese, words per minute otherwise: the call's language decides, the transcript
+    when the language is not known (more than a third Han characters: Chinese)."""
+    if language is not None:
+        return "characters/min" if language == "zh" else "words/min"
+    text = " ".join(texts)
+    return "characters/min" if len(_HAN.findall(text)) > len(text) / 3 else "words/min"
+
+
+def _rate(texts: list[str], talk_s: float, unit: RateUnit) -> float | None:
+    """Han characters (characters/min) or words (words/min) of the speaker's finals per minute of their speech."""
     text = " ".join(texts)
     if not text.strip() or talk_s <= 0:
-        return None, None
-    han = len(re.findall(r"[\u4e00-\u9fff]", text))
-    if language == "zh" or (language is None and han > len(text) / 3):
-        return round(han / talk_s * 60, 1), "characters/min"
-    return round(len(re.findall(r"[\w']+", text)) / talk_s * 60, 1), "words/min"
+        return None
+    n = len(_HAN.findall(text)) if unit == "characters/min" else len(_WORD.findall(text))
+    return round(n / talk_s * 60, 1)
 
 
 def _grades(evs: list[Mapping], speech: Mapping[str, Intervals]) -> dict[str, ChannelGrades]:

@@ -20,6 +20,7 @@ one active alert per channel, ``cooldown_s`` between raises, cleared after
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from calltone.events import Cue, EscalationCleared, EscalationRaised, Grade
+from calltone.events import ClearCode, Cue, EscalationCleared, EscalationRaised, Grade, RaiseCode
 
 from .fusion import TomlConfig
 from .lexicon import PhraseMatch
@@ -94,9 +95,31 @@ class EscalationConfig(TomlConfig):
 
 @dataclass(frozen=True)
 class _Firing:
-    rule: str
-    reason: str
-    detail: dict
+    rule: RaiseCode
+    figures: dict  # what the reason states (the event's reason_figures)
+    detail: dict  # more evidence of the rule (times)
+
+    @property
+    def reason(self) -> str:
+        return reason_text(self.rule, self.figures)
+
+
+def whole(x: float) -> int:
+    """A figure as people read it: the nearest whole number, halves up (as the pages round: JavaScript Math.round)."""
+    return math.floor(x + 0.5)
+
+
+def reason_text(code: RaiseCode | ClearCode, f: dict) -> str:
+    """The legacy English sentence of a reason code and its figures (pages say it in the viewer's language)."""
+    if code == "phrase":
+        return f"caller said \u201c{f['phrase']}\u201d ({f['label']}) while {f['grade']}"
+    if code == "angry_sustained":
+        return f"caller angry for {whole(f['angry_s'])} s"
+    if code == "index_rise":
+        return f"emotion index rose {whole(f['rise'])} points in {whole(f['window_s'])} s to {whole(f['index'])}"
+    if code == "calm":
+        return f"caller {f['grade']} for {whole(f['calm_s'])} s"
+    return "call ended"
 
 
 @dataclass
@@ -156,11 +179,12 @@ class EscalationPolicy:
         c = self._check_clear(t)
         return [c] if c is not None else []
 
-    def close(self, t: float, reason: str = "call ended") -> list[EscalationCleared]:
-        """Clear any active alert (call over, or a supervisor took the call)."""
+    def close(self, t: float) -> list[EscalationCleared]:
+        """Clear any active alert: the call is over."""
         if self._active is None:
             return []
-        ev = EscalationCleared(call_id=self.call_id, t=t, channel=self.channel, alert_id=self._active, reason=reason)
+        ev = EscalationCleared(call_id=self.call_id, t=t, channel=self.channel, alert_id=self._active,
+                               reason=reason_text("call_ended", {}), reason_code="call_ended")
         self._active = self._active_since = None
         return [ev]
 
@@ -202,15 +226,15 @@ class EscalationPolicy:
                 out.append(
                     _Firing(
                         "phrase",
-                        f"caller said \u201c{p.text}\u201d ({p.label}) while {s.grade}",
-                        {"phrase": p.text, "category": p.category, "label": p.label, "phrase_t": p.t},
+                        {"phrase": p.text, "category": p.category, "label": p.label, "grade": s.grade},
+                        {"phrase_t": p.t},
                     )
                 )
         r2 = cfg.angry_sustained
         if r2.enabled and s.grade == "angry":
             dur = s.t - s.grade_since
             if dur >= r2.min_s - _EPS:
-                out.append(_Firing("angry_sustained", f"caller angry for {dur:.0f} s", {"angry_since": s.grade_since, "angry_s": round(dur, 1)}))
+                out.append(_Firing("angry_sustained", {"angry_s": round(dur, 1)}, {"angry_since": s.grade_since}))
         r3 = cfg.index_rise
         if r3.enabled and s.index >= r3.min_index - _EPS:
             window = [(t, i) for t, i in self._index if s.t - t <= r3.window_s + _EPS]
@@ -223,8 +247,9 @@ class EscalationPolicy:
                 out.append(
                     _Firing(
                         "index_rise",
-                        f"emotion index rose {rise:.0f} points in {s.t - t0:.0f} s to {s.index:.0f}",
-                        {"from_index": round(low, 1), "from_t": t0, "rise": round(rise, 1)},
+                        {"rise": round(rise, 1), "window_s": round(s.t - t0, 1), "index": round(s.index, 1),
+                         "from_index": round(low, 1)},
+                        {"from_t": t0},
                     )
                 )
         return out
@@ -240,6 +265,8 @@ class EscalationPolicy:
             channel=self.channel,
             alert_id=alert_id,
             reason=main.reason,
+            reason_code=main.rule,
+            reason_figures=main.figures,
             evidence=self._evidence(s, firings),
         )
 
@@ -257,7 +284,7 @@ class EscalationPolicy:
         cues = [c.model_dump(exclude_none=True) for _, c in sorted(best.values(), key=lambda x: -x[0])[: ev.top_cues]]
         return {
             "rule": firings[0].rule,
-            "rules": [{"rule": f.rule, "reason": f.reason, **f.detail} for f in firings],
+            "rules": [{"rule": f.rule, "reason": f.reason, **f.figures, **f.detail} for f in firings],
             "grade": s.grade,
             "grade_since": s.grade_since,
             "probs": s.probs.model_dump(),
@@ -280,12 +307,15 @@ class EscalationPolicy:
             return None
         r = self.config.clear
         if s.grade in r.grades and t - max(s.grade_since, self._active_since or s.grade_since) >= r.calm_s - _EPS:
+            figures = {"grade": s.grade, "calm_s": round(t - s.grade_since, 1)}
             ev = EscalationCleared(
                 call_id=self.call_id,
                 t=t,
                 channel=self.channel,
                 alert_id=self._active,
-                reason=f"caller {s.grade} for {t - s.grade_since:.0f} s",
+                reason=reason_text("calm", figures),
+                reason_code="calm",
+                reason_figures=figures,
             )
             self._active = self._active_since = None
             return ev

@@ -25,7 +25,7 @@ from calltone.server.calls import Services
 from calltone.server.jobs import Job, JobRunner
 from calltone.server.metrics import CONTENT_TYPE
 from calltone.server.protocol import AckRequest, AlertFields, AlertMessage
-from calltone.summary import summarize, timeline
+from calltone.summary import CallSummary, summarize, timeline
 
 log = logging.getLogger("calltone.server.api")
 router = APIRouter()
@@ -106,6 +106,7 @@ class AlertInfo(AlertFields):
 
 
 class CallDetail(CallInfo):
+    summary: CallSummary | None = Field(None, description="the call summary (docs/events.md); partial while live")
     transcript: list[dict] = Field(default_factory=list, description="final transcript segments in order")
     emotion: list[dict] = Field(default_factory=list, description="emotion timeline (emotion.update events)")
     alerts: list[AlertInfo] = Field(default_factory=list)
@@ -168,24 +169,35 @@ async def get_call(call_id: str, request: Request, who: Principal = Depends(prin
     s = _services(request)
 
     def load(r):
-        return r.get_call(call_id), r.events(call_id, 0), r.list_alerts(call_id=call_id, limit=1000)
+        row = r.get_call(call_id)
+        decoded = [json.loads(body) for _, _, body in r.events(call_id, 0)] if row is not None else []
+        return row, decoded, r.list_alerts(call_id=call_id, limit=1000), call_summary(row, decoded) if row else None
 
-    row, events, alerts = await s.store.read(load)
+    row, decoded, alerts, summary = await s.store.read(load)  # the summary is computed in the reader thread
     access = who.call_access(row is not None, row["agent_id"] if row is not None else None)
     if access == "not_found":
         raise HTTPException(404, f"no call {call_id}")
     if access == "forbidden":  # the same answer for another agent's call and an unknown id
         raise HTTPException(403, f"call {call_id} is not one of your calls")
-    decoded = [json.loads(body) for _, _, body in events]
-    summary = row.get("summary")
-    if summary is None:  # live or interrupted: summarise what is stored so far
-        duration = max((e.get("t", 0.0) for e in decoded), default=0.0)
-        summary = summarize(decoded, duration, roles=row.get("roles") or (), partial=True).model_dump()
     tl = timeline(decoded)
     info = {k: v for k, v in row.items() if k in CallInfo.model_fields}
     info["summary"] = summary
     return CallDetail(**info, transcript=tl["transcript"], emotion=tl["emotion"],
                       alerts=[AlertInfo(**a) for a in alerts])
+
+
+def call_summary(row: dict, events: list[dict]) -> CallSummary:
+    """The stored call summary; for a call still live or interrupted, or one stored before the summary had its
+    present form, the summary of the events stored so far (speech from the finals)."""
+    stored = row.get("summary") or {}
+    if row.get("status") == "ended":
+        try:
+            return CallSummary.model_validate(stored)
+        except ValidationError:
+            pass
+    duration = max([row.get("duration_s") or 0.0] + [e.get("t", 0.0) for e in events])
+    return summarize(events, duration, roles=row.get("roles") or (), partial=row.get("status") != "ended",
+                     end_reason=stored.get("end_reason"))
 
 
 # --------------------------------------------------------------------------- alerts

@@ -6,7 +6,7 @@ Every event the pipeline emits goes through :meth:`LiveCall._emit` on the event 
 2. PII masked in transcript text and words (``privacy.mask_pii``),
 3. ``seq`` / ``server_time`` assigned, ``call.ended`` summary completed,
 4. written to the store (event + call row with the resume position + alert rows in one
-   queued write),
+   queued write; the writes are :class:`calltone.server.record.CallRecord`'s, as for scored calls),
 5. published on the bus (``call:<id>``; escalations also on ``alerts`` and to
    webhooks) only once the write has committed.
 
@@ -41,6 +41,7 @@ from calltone.server.calltime import CallClock
 from calltone.server.metrics import Metrics
 from calltone.server.ownership import LeaseLost
 from calltone.server.protocol import AlertMessage, ProtocolError
+from calltone.server.record import CallRecord
 from calltone.server.store import AsyncStore, StoreUnavailable
 from calltone.summary import summarize
 
@@ -55,7 +56,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("calltone.server.calls")
 
 MIN_PUSH_SAMPLES = 640  # 40 ms at 16 kHz: smaller frames are gathered before they reach the pipeline
-SUMMARY_TYPES = ("transcript.final", "emotion.update", "escalation.raised", "escalation.cleared")
 TRANSCRIPT_TYPES = ("transcript.partial", "transcript.final")
 # The resume position (call row duration_s) is stored with every event and at each multiple of this.
 POSITION_EVERY_S = 1.0
@@ -98,13 +98,10 @@ class LiveCall:
         self.call_id = call_id
         self.options = options
         self.agent_id = options.agent_id
-        self.seq = seq
         self.clock = CallClock(t_offset)
         self.resumed = resumed
         self.started_at = started_at or time.time()
-        self.history: list[dict] = list(history or [])  # events the summary needs
-        self.recent_finals: deque[dict] = deque((e for e in self.history if e.get("type") == "transcript.final"), maxlen=6)
-        self.open_alerts: dict[str, dict] = {}
+        self.record = CallRecord(call_id, options.agent_id, options.metadata, seq=seq, history=history)
         self.end_reason = "stopped"
         self._suppress_end = False
         self._last_write: Future | None = None
@@ -124,6 +121,11 @@ class LiveCall:
             self.keeper = AudioKeeper(services.audio_dir / call_id, options.roles)
         assert services.runtime is not None
         self.pipeline = CallPipeline(call_id, services.runtime, options, self._emit)
+
+    @property
+    def seq(self) -> int:
+        """The last seq stored (or submitted)."""
+        return self.record.seq
 
     @property
     def t_offset(self) -> float:
@@ -275,27 +277,19 @@ class LiveCall:
             self._mask(ev)
         if typ == "call.started" and self.resumed:
             ev.metadata = {**(ev.metadata or {}), "resumed": True, "resumed_at_t": round(self.t_offset, 3)}
-        self.seq += 1
         now = time.time()
-        ev.seq = self.seq
-        ev.server_time = round(now, 3)
+        self.record.stamp(ev, now)
         if typ == "call.ended":
             duration = self.position_s
             whole = not self.resumed and not self.clock.skipped  # else the VAD heard only part of the call
-            ev.summary = summarize(self.history, duration, self.pipeline.speech() if whole else None,
+            ev.summary = summarize(self.record.history, duration, self.pipeline.speech() if whole else None,
                                    roles=self.options.roles, language=(ev.summary or {}).get("language"),
                                    resumed=self.resumed, end_reason=self.end_reason).model_dump()
             ev.t = round(duration, 3)
-        body = ev.model_dump_json()
-        if typ in SUMMARY_TYPES:
-            d = json.loads(body)
-            self.history.append(d)
-            if typ == "transcript.final":
-                self.recent_finals.append(d)
-        ops, alert = self._store_ops(ev, typ, body, now)
+        rec = self.record.record(ev, now)
         emitted = time.perf_counter()
-        msg = Message.of(typ, body, ev.seq, channel)
-        self._submit(ops, lambda exc: self._published(exc, msg, alert, arrival, emitted))
+        msg = Message.of(typ, rec.body, ev.seq, channel)
+        self._submit(rec.ops, lambda exc: self._published(exc, msg, rec.alert, arrival, emitted))
 
     def _submit(self, ops: list[Callable[["Repository"], Any]],
                 then: Callable[[BaseException | None], None] | None = None) -> None:
@@ -342,36 +336,6 @@ class LiveCall:
     def _mask(self, ev: Any) -> None:
         for k in mask_transcript(ev):
             self.s.metrics.pii_masked.labels(k).inc()
-
-    def _store_ops(self, ev: Any, typ: str, body: str, now: float) -> tuple[list, AlertMessage | None]:
-        call_id = self.call_id
-        ops: list = [lambda r: r.append_event(call_id, ev.seq, typ, ev.t, now, body)]
-        alert: AlertMessage | None = None
-        if typ == "escalation.raised":
-            excerpt = [{"channel": e["channel"], "t": e["end"], "text": e["text"]} for e in self.recent_finals]
-            alert = AlertMessage(type="escalation.raised", alert_id=ev.alert_id, call_id=call_id, agent_id=self.agent_id,
-                                 channel=ev.channel, reason=ev.reason, evidence=ev.evidence, excerpt=excerpt, status="open",
-                                 t=ev.t, seq=ev.seq, raised_at=now)
-            self.open_alerts[ev.alert_id] = alert.model_dump()
-            row = alert.model_dump(exclude={"type", "replay"})
-            n_esc = sum(1 for e in self.history if e.get("type") == "escalation.raised")
-            ops.append(lambda r: r.insert_alert(row))
-            ops.append(lambda r: r.update_call(call_id, escalations=n_esc))
-        elif typ == "escalation.cleared":
-            prev = self.open_alerts.pop(ev.alert_id, None) or {"alert_id": ev.alert_id, "call_id": call_id,
-                                                                  "agent_id": self.agent_id, "channel": ev.channel}
-            prev = {**prev, "type": "escalation.cleared", "status": "cleared", "cleared_at": now, "reason": ev.reason or prev.get("reason", "")}
-            alert = AlertMessage(**{k: v for k, v in prev.items() if k in AlertMessage.model_fields})
-            ops.append(lambda r: r.update_alert(ev.alert_id, status="cleared", cleared_at=now))
-        elif typ == "call.ended":
-            summary = ev.summary
-            duration = summary.get("duration_s")
-            ops.append(lambda r: r.update_call(call_id, status="ended", ended_at=now, duration_s=duration, summary=summary,
-                                               updated_at=now))
-        elif typ == "call.started" and getattr(ev, "language", None):
-            lang = ev.language
-            ops.append(lambda r: r.update_call(call_id, language=lang))
-        return ops, alert
 
     def _published(self, exc: BaseException | None, msg: Message, alert: AlertMessage | None, arrival: float | None,
                    emitted: float) -> None:

@@ -15,7 +15,6 @@ background priority, so live calls go first; docs/batch.md), ``ray`` on Ray acto
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import shutil
 import time
@@ -32,6 +31,7 @@ from calltone.batch.output import ReportDir
 from calltone.batch.report import CallReport
 from calltone.batch.scorer import ScoreOptions, Scored, failed, report_names, score_recording
 from calltone.events import call_id_from_name
+from calltone.server.record import CallRecord, Op
 from calltone.server.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
@@ -283,41 +283,49 @@ class JobRunner:
     async def _finish(self, job_id: str, item: dict, scored: Scored, out: ReportDir) -> None:
         """A file's result: its reports, its call and events, its item done (one transaction), or its error."""
         now = round(time.time(), 3)
-        report = scored.report
-        if report is None:
+        if scored.report is None:
             await self._set_item(job_id, item, status="failed", error=scored.error, finished_at=now)
             return
+        report = scored.report.named(self.shown(job_id, Path(item["file"])))
         await asyncio.to_thread(out.save, item["name"], report)
         base = f"/v1/jobs/{job_id}/reports/{item['name']}"
         fields = {"status": "done", "report": f"{base}.html", "report_json": f"{base}.json", "audio_s": report.duration_s,
-                  "language": report.language, "peak_grade": report.metrics.peak_grade,
-                  "escalations": report.metrics.escalations, "finished_at": now, "updated_at": now}
-        call, bodies = stored_call(job_id, report, Path(item["file"]))
+                  "language": report.language, "peak_grade": report.summary.peak_grade,
+                  "escalations": report.summary.escalations, "finished_at": now, "updated_at": now}
+        ops = stored_call(job_id, report, now)
 
         def write(repo: "Repository") -> bool:  # one transaction: a call stored is an item done, and back
             if not repo.update_job_item(job_id, item["seq"], self.node, **fields):
                 return False
-            repo.upsert_call(call)
-            for b in bodies:
-                repo.append_event(call["call_id"], b["seq"], b["type"], b["t"], b["server_time"], json.dumps(b, ensure_ascii=False))
+            for op in ops:
+                op(repo)
             return True
 
         if not await self.s.store.write(write):
             raise LostClaim(job_id)
 
+    def shown(self, job_id: str, path: Path) -> str:
+        """A recording as the user named it: relative to the job's uploads or to ``server.recordings_dir``."""
+        roots = [self.dir(job_id) / "input"] + [Path(d) for d in [self.s.settings.server.recordings_dir] if d]
+        path = path.resolve()
+        for root in (r.resolve() for r in roots):
+            if path.is_relative_to(root):
+                return path.relative_to(root).as_posix()
+        return path.name
 
-def stored_call(job_id: str, report: CallReport, path: Path) -> tuple[dict, list[dict]]:
-    """The scored call as a stored call (status ended, metadata.source 'batch': GET /v1/calls lists it) and its events."""
-    now = time.time()
-    bodies = [json.loads(e.model_dump_json()) for e in report.events]
-    for seq, body in enumerate(bodies, 1):
-        body["seq"], body["server_time"] = seq, round(now, 3)
-    ended = next((b for b in bodies if b["type"] == "call.ended"), None)
-    summary = {**(ended or {}).get("summary", {}), "end_reason": "scored"}
-    if ended is not None:
-        ended["summary"] = summary
+
+def stored_call(job_id: str, report: CallReport, now: float) -> list[Op]:
+    """The writes that store a scored call as live calls are stored (server/record.py: seqs, alert rows, the
+    summary and KPI columns at call.ended): status ended, metadata.source 'batch' (GET /v1/calls lists it)."""
+    metadata = {"source": "batch", "job_id": job_id, "file": report.source, "mono": report.mono}
     call = {"call_id": report.call_id, "status": "ended", "agent_id": None, "language": report.language,
-            "metadata": {"source": "batch", "job_id": job_id, "file": path.name, "mono": report.mono},
-            "roles": list(report.channels), "started_at": now, "ended_at": now, "duration_s": report.duration_s,
-            "escalations": report.metrics.escalations, "summary": summary, "updated_at": now}
-    return call, bodies
+            "metadata": metadata, "roles": list(report.channels), "started_at": now, "updated_at": now}
+    record = CallRecord(report.call_id, None, metadata)
+    ops: list[Op] = [lambda r: r.upsert_call(call)]
+    for event in report.events:
+        ev = event.model_copy(deep=True)
+        if ev.type == "call.ended":
+            ev.summary = {**ev.summary, "end_reason": "scored"}
+        record.stamp(ev, now)
+        ops.extend(record.record(ev, now).ops)
+    return ops

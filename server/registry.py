@@ -12,9 +12,10 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from calltone.server.calls import SUMMARY_TYPES, LiveCall
+from calltone.server.calls import LiveCall
 from calltone.server.ownership import LeaseLost, OwnershipUnavailable, create_ownership
 from calltone.server.protocol import ProtocolError
+from calltone.server.record import SUMMARY_TYPES
 
 if TYPE_CHECKING:
     from calltone.pipeline import PipelineOptions

@@ -103,12 +103,13 @@ def test_reports_validate_against_the_schemas(scored):
         assert abs(r.duration_s - truth[name]["duration_s"]) < 0.1
         assert r.language == truth[name]["language"]
         assert r.segments and all(s.end > s.start for s in r.segments)
-        m = r.metrics
-        assert 0 < m.speakers["customer"].talk_s < r.duration_s
-        assert m.speakers["customer"].speaking_rate and m.speakers["customer"].rate_unit in ("words/min", "characters/min")
-        assert abs(m.silence_s + sum(s.talk_s for s in m.speakers.values()) - m.overtalk_s - r.duration_s) < 0.5
+        m = r.summary
+        assert m.speech_source == "vad" and 0 < m.talk_s["customer"] < r.duration_s
+        assert m.speech_rate["customer"] and m.speech_rate_unit == ("characters/min" if r.language == "zh" else "words/min")
+        assert abs(m.silence_s + sum(m.talk_s.values()) - m.overtalk_s - r.duration_s) < 0.5
         assert m.longest_silence_s <= m.silence_s
-        assert m.speakers["customer"].scored and abs(sum(m.speakers["customer"].grade_share.values()) - 1) < 0.01
+        assert abs(sum(m.grades["customer"].share.values()) - 1) < 0.01
+        assert sum(m.grades["customer"].seconds.values()) == pytest.approx(m.talk_s["customer"], abs=0.01)
         assert r.timeline and {p.channel for p in r.timeline} == {"customer"}  # the agent is not graded by default
         if not r.mono:
             assert r.channels == {"customer": 0, "agent": 1}
@@ -133,19 +134,19 @@ def test_escalations_follow_anger_onset_and_steady_calls_have_none(scored):
         r = CallReport.model_validate_json((out / f"{name}.json").read_text(encoding="utf-8"))
         if t["escalation_expected"]:
             assert r.alerts, f"{name}: no alert"
-            first = r.metrics.first_escalation_t
+            first = r.summary.first_escalation_t
             assert first == r.alerts[0].t and t["escalation_onset_s"] <= first <= t["escalation_onset_s"] + 20, (name, first)
             assert r.alerts[0].evidence and r.alerts[0].reason
-            assert r.metrics.peak_grade == "angry"
+            assert r.summary.peak_grade == "angry"
         else:
             assert not r.alerts, f"{name}: false alert {r.alerts}"
-            assert r.metrics.first_escalation_t is None
+            assert r.summary.first_escalation_t is None
 
 
 def test_mono_recording_is_one_speaker_and_says_so(scored):
     out, _, _ = scored
     r = CallReport.model_validate_json((out / "en-mono.json").read_text(encoding="utf-8"))
-    assert r.mono and r.channels == {"customer": 0} and list(r.metrics.speakers) == ["customer"]
+    assert r.mono and r.channels == {"customer": 0} and list(r.summary.talk_s) == ["customer"]
     assert any("mono" in n and "one speaker" in n for n in r.notes)
     assert "one speaker" in (out / "en-mono.html").read_text(encoding="utf-8")
 
@@ -266,6 +267,7 @@ def test_job_scores_uploads_in_the_server_and_calls_appear(server, recordings):
     status, raw = http("GET", f"{server.http}{result['report_json']}", QA)
     report = CallReport.model_validate_json(raw)
     assert report.alerts[0].t >= truth["zh-escalate"]["escalation_onset_s"]
+    assert report.source == "zh-escalate.wav"  # as uploaded, not the server's path
     status, raw = http("GET", f"{server.http}{job['index']}", QA)
     assert status == 200 and b"zh-escalate" in raw and b"broken.wav" in raw
     assert http("GET", f"{server.http}/v1/jobs/{job['job_id']}/reports/../../../calltone.db", QA)[0] == 404
@@ -274,7 +276,9 @@ def test_job_scores_uploads_in_the_server_and_calls_appear(server, recordings):
     assert call["status"] == "ended" and call["metadata"]["source"] == "batch" and call["escalations"] >= 1
     detail = json.loads(http("GET", f"{server.http}/v1/calls/{result['call_id']}", QA)[1])
     assert detail["transcript"] and detail["emotion"]
-    assert not any(a["call_id"] == result["call_id"] for a in json.loads(http("GET", f"{server.http}/v1/alerts", QA)[1]))
+    alerts = [a for a in json.loads(http("GET", f"{server.http}/v1/alerts", QA)[1]) if a["call_id"] == result["call_id"]]
+    assert len(alerts) == call["escalations"] == report.summary.escalations  # stored as a live call's alerts are
+    assert {a["alert_id"] for a in alerts} == {a.alert_id for a in report.alerts}
     assert not (Path(server.services.settings.server.data_dir) / "jobs" / job["job_id"] / "input").exists()  # uploads not kept
 
 

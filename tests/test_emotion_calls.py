@@ -13,6 +13,7 @@ import pytest
 
 from calltone.pipeline import PipelineOptions, run_recording
 from calltone.speech.audio import load_recording
+from calltone.summary import summarize
 
 from .conftest import EMOTION_SPEECH, MAKE_CALLS, require
 
@@ -67,5 +68,5 @@ def test_escalate_call_alerts_after_anger_onset(runtime, calls, lang, tel):
     assert angry and all(e.cues for e in angry), "angry grades must say which cues drove them"
     guidance = [e for e in events if e.type == "guidance" and e.card.grade == "angry"]
     assert guidance and guidance[0].card.language == lang
-    summary = [e for e in events if e.type == "call.ended"][0].summary["emotion"]["customer"]
-    assert summary["peak_grade"] == "angry" and summary["escalations"] >= 1
+    summary = summarize(events, 0.0)
+    assert summary.grades["customer"].peak_grade == "angry" and summary.escalations >= 1

@@ -287,7 +287,7 @@ def test_realtime_stream_transcript_arrives(server):
     assert agent_final["seq"] < next(e["seq"] for e in got if e["type"] == "transcript.final" and e["channel"] == "customer")
     summary = got[-1]["summary"]
     assert summary["duration_s"] == pytest.approx(5.0, abs=0.05)
-    assert summary["overtalk_s"] > 1.0 and set(summary["talk_ratio"]) == {"customer", "agent"}
+    assert summary["overtalk_s"] > 1.0 and set(summary["talk_share"]) == {"customer", "agent"} and summary["speech_source"] == "vad"
     status, call = rest(server, "/v1/calls/rt-1", SUP)
     assert status == 200 and call["status"] == "ended" and len(call["transcript"]) >= 2
     assert server.services.metrics.value("calltone_event_latency_seconds_count", type="transcript.final") > 0

@@ -378,8 +378,8 @@ def test_agent_channel_ignored_unless_opted_in() -> None:
 def test_close_clears_active_alert() -> None:
     events, tr, policy = drive([(ANGRY, 20)])
     (a,) = raised(events)
-    (c,) = policy.close(tr.state.t + 1, "call ended")
-    assert c.alert_id == a.alert_id and c.reason == "call ended"
+    (c,) = policy.close(tr.state.t + 1)
+    assert c.alert_id == a.alert_id and c.reason == "call ended" and c.reason_code == "call_ended"
     assert policy.close(tr.state.t + 2) == []
 
 

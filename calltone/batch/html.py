@@ -105,7 +105,7 @@ def write_assets(out_dir: Path) -> None:
 def render_call(report: CallReport, json_name: str | None = None) -> str:
     """The per-call page (saved as DIR/<name>.html, beside DIR/<name>.json and DIR/assets/)."""
     data = report.model_dump(mode="json", exclude={"events", "options"})
-    return _env.get_template("call.html").render(r=report, m=report.metrics, data=_script_json(data),
+    return _env.get_template("call.html").render(r=report, m=report.summary, data=_script_json(data),
                                                  json_href=_href(json_name) if json_name else None)
 
 
@@ -114,5 +114,5 @@ def render_index(entries: list[tuple[str, CallReport]], failures: list[tuple[str
     """DIR/index.html over ``entries`` ((name, report); pages ``<name>.html`` and ``<name>.json``) and the
     recordings that could not be scored (``failures``: (path, error))."""
     totals = {"calls": len(entries), "audio_s": sum(r.duration_s for _, r in entries),
-              "escalated": sum(1 for _, r in entries if r.metrics.escalations)}
+              "escalated": sum(1 for _, r in entries if r.summary.escalations)}
     return _env.get_template("index.html").render(entries=entries, failures=failures, title=title, totals=totals)

@@ -21,20 +21,24 @@ SUMMARY_COLUMNS = (
 
 
 def summary_row(name: str, r: CallReport) -> dict:
-    m = r.metrics
-    cust, agent = m.speakers.get("customer"), m.speakers.get("agent")
-    share = cust.grade_share if cust else {}
+    """One summary.csv row: the report's call summary (docs/events.md, "The call summary")."""
+    s = r.summary
+    cust = s.grades.get("customer")
+    share = cust.share if cust else {}
+
+    def opt(x: object) -> object:
+        return "" if x is None else x
+
     return {
-        "name": name, "call_id": r.call_id, "source": r.source, "duration_s": r.duration_s, "language": r.language or "",
-        "mono": r.mono, "customer_talk_s": cust.talk_s if cust else "", "agent_talk_s": agent.talk_s if agent else "",
-        "customer_talk_ratio": cust.talk_ratio if cust else "", "silence_s": m.silence_s, "silence_ratio": m.silence_ratio,
-        "longest_silence_s": m.longest_silence_s, "overtalk_s": m.overtalk_s, "interruptions": m.interruptions,
-        "customer_speaking_rate": cust.speaking_rate if cust and cust.speaking_rate is not None else "",
-        "agent_speaking_rate": agent.speaking_rate if agent and agent.speaking_rate is not None else "",
-        "rate_unit": (cust.rate_unit if cust else None) or (agent.rate_unit if agent else None) or "",
+        "name": name, "call_id": r.call_id, "source": r.source, "duration_s": s.duration_s, "language": s.language or "",
+        "mono": r.mono, "customer_talk_s": opt(s.talk_s.get("customer")), "agent_talk_s": opt(s.talk_s.get("agent")),
+        "customer_talk_ratio": opt(s.talk_share.get("customer")), "silence_s": s.silence_s, "silence_ratio": s.silence_share,
+        "longest_silence_s": s.longest_silence_s, "overtalk_s": s.overtalk_s, "interruptions": sum(s.interruptions.values()),
+        "customer_speaking_rate": opt(s.speech_rate.get("customer")), "agent_speaking_rate": opt(s.agent_speech_rate),
+        "rate_unit": s.speech_rate_unit or "",
         "calm_share": share.get("calm", ""), "anxious_share": share.get("anxious", ""), "angry_share": share.get("angry", ""),
-        "peak_grade": m.peak_grade or "", "peak_index": m.peak_index if m.peak_index is not None else "",
-        "escalations": m.escalations, "first_escalation_t": m.first_escalation_t if m.first_escalation_t is not None else "",
+        "peak_grade": s.peak_grade or "", "peak_index": opt(s.peak_index),
+        "escalations": s.escalations, "first_escalation_t": opt(s.first_escalation_t),
         "segments": len(r.segments), "report": f"{name}.html",
     }
 
