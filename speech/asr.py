@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from calltone.events import Word
+from calltone.speech.audio import SAMPLE_RATE
 
-SAMPLE_RATE = 16000
 FRAMES_PER_SECOND = 100  # log-mel frames
 MAX_TOKENS = 448
 EMBED_WINDOW_S = 10.0

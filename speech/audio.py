@@ -41,7 +41,7 @@ __all__ = [
     "ENCODINGS",
     "MAX_RATE",
     "MIN_RATE",
-    "TARGET_RATE",
+    "SAMPLE_RATE",
     "AudioError",
     "AudioFileNotFound",
     "BadChannelRoles",
@@ -64,8 +64,9 @@ __all__ = [
     "load_recording",
 ]
 
-TARGET_RATE = 16_000
-"""Sample rate of everything this module hands out."""
+SAMPLE_RATE = 16_000
+"""The internal sample rate (Hz): of everything this module hands out, and so of every later stage
+(VAD, Whisper, the emotion features, call time in samples).  The one definition in the package."""
 MIN_RATE, MAX_RATE = 8_000, 48_000
 """Accepted input sample rates (inclusive)."""
 
@@ -259,7 +260,7 @@ class StreamResampler:
         if channels < 1:
             raise BadChannelRoles(f"channels must be positive, got {channels}")
         self.channels = channels
-        self.out_rate = TARGET_RATE
+        self.out_rate = SAMPLE_RATE
         self._quality = quality
         self._stream = self._new_stream()
 
@@ -357,7 +358,7 @@ class Recording:
     channels: dict[str, np.ndarray]
     roles: tuple[str, ...]
     source_format: str = ""
-    sample_rate: int = field(default=TARGET_RATE)
+    sample_rate: int = field(default=SAMPLE_RATE)
 
     def __getitem__(self, role: str) -> np.ndarray:
         return self.channels[role]

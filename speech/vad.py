@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from calltone.settings import VadSettings
+from calltone.speech.audio import SAMPLE_RATE
 
-SAMPLE_RATE = 16000
 CHUNK = 512  # Silero v5/v6 window at 16 kHz (32 ms)
 CONTEXT = 64
 
