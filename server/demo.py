@@ -44,23 +44,31 @@ def _base(settings: "Settings") -> tuple[str, str]:
 
 
 def demo_banner(settings: "Settings", tokens: dict[str, str]) -> str:
+    """What ``calltone serve --demo`` prints: links that work in a browser (the pages sign in from their
+    ``#token=``; the docs and health checks need no token), and the API calls as commands with their header
+    (a browser's address bar cannot send ``Authorization``, so an API URL opened there answers 401)."""
     http, ws = _base(settings)
-    by_role = {spec: token for token, spec in tokens.items()}
+    by_role = {spec.split(":")[0]: token for token, spec in sorted(tokens.items(), key=lambda kv: kv[1])}
 
     def page(path: str, role: str) -> str:
-        token = next((t for spec, t in by_role.items() if spec.split(":")[0] == role), None)
+        token = by_role.get(role)
         return f"{http}{path}" + (f"#token={token}" if token else "")  # a fragment never reaches a server or its logs
 
+    reader = by_role.get("supervisor") or by_role.get("admin") or "<token>"
     lines = ["", "calltone demo: the sample calls stream in a loop (demo-zh-N, demo-en-N)", "",
+             "  in a browser (each link signs its page in):",
              f"  agent desktop   {page('/agent', 'agent')}",
              f"  supervisor      {page('/supervisor', 'supervisor')}",
-             f"  QA              {page('/qa', 'qa')}", "",
-             f"  API docs        {http}/docs", f"  health          {http}/healthz   ready: {http}/readyz",
-             f"  calls           {http}/v1/calls", f"  metrics         {http}/metrics",
-             f"  call events     {ws}/v1/calls/<call_id>/events?after=0", f"  alert feed      {ws}/v1/alerts",
+             f"  QA              {page('/qa', 'qa')}",
+             f"  API docs        {http}/docs   (\"Try it out\" sends the token of a page signed in in the same tab)",
+             f"  health          {http}/healthz   ready: {http}/readyz   (no token needed)", "",
+             "  the API needs the header 'Authorization: Bearer <token>' (a browser's address bar sends none: 401), e.g.",
+             f"  calls           curl -H 'Authorization: Bearer {reader}' {http}/v1/calls",
+             f"  metrics         curl -H 'Authorization: Bearer {reader}' {http}/metrics",
+             f"  call events     {ws}/v1/calls/<call_id>/events?after=0   alert feed  {ws}/v1/alerts",
              "                  (websockets: the Authorization header, or ?ticket= from POST /v1/ws-ticket)",
-             "", "  tokens (API clients: 'Authorization: Bearer <token>'; browsers: the #token= links above):"]
-    for spec, token in sorted(by_role.items()):
+             "", "  tokens:"]
+    for token, spec in sorted(tokens.items(), key=lambda kv: kv[1]):
         lines.append(f"    {spec:<28} {token}")
     lines.append("")
     return "\n".join(lines)

@@ -1,5 +1,6 @@
 // The live view of one call, used by the agent desktop and by the supervisor's "follow call".
-import { CallFeed, GRADES, api, el, fmtClock, fmtTrend, gradeBadge, gradeIcon, lang, onLangChange, roleName, t } from "./common.js";
+import { CallFeed, GRADES, api, el, fill, fmtClock, fmtIndex, fmtTrend, gradeBadge, gradeIcon, lang, onLangChange, reasonText, roleName,
+  t } from "./common.js";
 import { cueLabel, unitLabel } from "./i18n.js";
 import { Sparkline } from "./charts.js";
 
@@ -94,7 +95,7 @@ export class CallView {
     const st = this.state.status;
     const label = { connecting: t("connecting"), live: t("live"), reconnecting: t("reconnecting"), ended: t("ended"),
       not_found: t("not_found"), forbidden: t("forbidden") }[st] || st;
-    this.headEl.replaceChildren(
+    fill(this.headEl,
       el("span", { class: `conn conn-${st}`, "data-testid": "conn", "data-state": st }, el("span", { class: "dot" }), label),
       el("span", { class: "kv" }, el("b", {}, t("call")), " ", el("code", {}, this.callId)),
       info.agent_id ? el("span", { class: "kv" }, el("b", {}, t("agent")), " ", info.agent_id) : null,
@@ -131,12 +132,14 @@ export class CallView {
         if (ev.channel === "customer" || !ev.channel) { this.state.guidance = ev.card; this.renderGuidance(); }
         break;
       case "escalation.raised":
-        this.mergeAlert({ alert_id: ev.alert_id, reason: ev.reason, status: "open", t: ev.t, evidence: ev.evidence });
+        this.mergeAlert({ alert_id: ev.alert_id, reason: ev.reason, reason_code: ev.reason_code, reason_figures: ev.reason_figures,
+          status: "open", t: ev.t, evidence: ev.evidence });
         this.renderNotices();
         this.pollAlerts();
         break;
       case "escalation.cleared":
-        this.mergeAlert({ alert_id: ev.alert_id, status: "cleared", cleared_reason: ev.reason });
+        this.mergeAlert({ alert_id: ev.alert_id, status: "cleared",
+          cleared: { reason: ev.reason, reason_code: ev.reason_code, reason_figures: ev.reason_figures } });
         this.renderNotices();
         break;
       case "call.ended":
@@ -221,7 +224,7 @@ export class CallView {
     const e = this.state.emotion;
     this.gradeEl.className = `grade-card grade-${g}`;
     this.gradeEl.dataset.grade = g;
-    this.gradeEl.replaceChildren(
+    fill(this.gradeEl,
       el("div", { class: "grade-label" }, t("customer_mood")),
       el("div", { class: "grade-main" }, gradeIcon(g, 64), el("span", { class: "grade-word", "data-testid": "grade-word" }, t(g))),
       e ? el("div", { class: "probs" }, ...GRADES.map((k) => el("span", { class: `prob grade-${k}` },
@@ -229,7 +232,7 @@ export class CallView {
     if (!e) { this.indexEl.replaceChildren(); return; }
     const tr = fmtTrend(e.trend);
     this.indexEl.replaceChildren(
-      el("div", { class: "index" }, el("span", { class: "k" }, t("index")), el("span", { class: "v", "data-testid": "index" }, Math.round(e.index)),
+      el("div", { class: "index" }, el("span", { class: "k" }, t("index")), el("span", { class: "v", "data-testid": "index" }, fmtIndex(e.index)),
         el("span", { class: "of" }, "/100")),
       el("div", { class: `trend ${tr.cls}` }, el("span", { class: "k" }, t("trend")), el("span", { class: "v" }, `${tr.arrow} ${tr.word}`),
         el("span", { class: "of" }, tr.text)));
@@ -238,14 +241,10 @@ export class CallView {
   renderCues() {
     const cues = (this.state.emotion?.cues || []).slice().sort((a, b) => Math.abs(b.z ?? 0) - Math.abs(a.z ?? 0)).slice(0, 5);
     const items = cues.map((c) => {
-      const label = cueLabel(c.label, lang);
-      let detail = "";
-      if (c.text) detail = `“${c.text}”`;
-      else if (c.z != null) detail = `${c.z > 0 ? "+" : ""}${c.z.toFixed(1)}σ`;
-      const unit = unitLabel(c.unit, lang);
-      if (!c.text && c.value != null && unit) detail = `${c.value > 0 && c.z != null ? "" : ""}${(+c.value).toFixed(1)} ${unit} · ${detail}`;
       const strength = Math.min(1, Math.abs(c.z ?? (c.text ? 2 : 1)) / 3);
-      return el("li", {}, el("span", { class: "cue-label" }, label), el("span", { class: "cue-detail" }, detail),
+      const detail = c.text ? `“${c.text}”` : t(strengthKey(c.z));
+      return el("li", { title: cueFigures(c) },
+        el("span", { class: "cue-label" }, plainCue(c)), el("span", { class: "cue-detail" }, detail),
         el("span", { class: "cue-bar" }, el("span", { style: `width:${Math.round(strength * 100)}%` })));
     });
     this.cuesEl.replaceChildren(el("h2", {}, t("why")), items.length ? el("ul", {}, items) : el("p", { class: "empty" }, t("no_cues")));
@@ -259,7 +258,7 @@ export class CallView {
       return;
     }
     this.guideEl.className = `panel guidance grade-${c.grade}`;
-    this.guideEl.replaceChildren(
+    fill(this.guideEl,
       el("h2", {}, t("guidance"), " ", gradeBadge(c.grade)),
       el("h3", { "data-testid": "guidance-title" }, c.title),
       el("ol", {}, (c.steps || []).map((s) => el("li", {}, s))),
@@ -298,11 +297,12 @@ export class CallView {
           a.note ? el("span", {}, ` — ${a.note}`) : null));
       }
       if (a.status === "cleared") {
+        const why = [a.cleared ? reasonText(a.cleared) : "", reasonText(a) ? t("raised_for", { reason: reasonText(a) }) : ""];
         out.push(el("div", { class: "notice cleared", "data-testid": "notice-cleared" }, el("span", { class: "nicon" }, "↘"),
-          el("b", {}, t("alert_cleared")), el("span", {}, ` — ${a.cleared_reason || a.reason || ""}`)));
+          el("b", {}, t("alert_cleared")), el("span", {}, ` — ${why.filter(Boolean).join(" · ")}`)));
       } else if (!a.acked_by) {
         out.push(el("div", { class: "notice raised", "data-testid": "notice-raised", role: "alert" }, el("span", { class: "nicon" }, "⚠"),
-          el("b", {}, t("alert_raised")), el("span", {}, ` — ${a.reason || ""}`),
+          el("b", {}, t("alert_raised")), el("span", {}, ` — ${reasonText(a)}`),
           a.t != null ? el("span", { class: "muted" }, ` (${fmtClock(a.t)})`) : null));
       }
     }
@@ -313,4 +313,23 @@ export class CallView {
     }
     this.noticesEl.replaceChildren(...out);
   }
+}
+
+/** A cue's label in plain words: a voice feature's label (it has a unit) without the technical name in brackets
+ * ("tenser voice (Hammarberg)" -> "tenser voice"); phrase cues as they are. */
+function plainCue(c) {
+  const label = cueLabel(c.label, lang);
+  return c.text || !c.unit ? label : label.replace(/\s*[(（][^()（）]*[)）]/g, "");
+}
+
+/** How far from this caller's usual a voice cue is, as words (the σ figure is in the tooltip). */
+function strengthKey(z) {
+  const a = Math.abs(z ?? 0);
+  return a >= 2 ? "cue_strong" : a >= 1 ? "cue_clear" : "cue_slight";
+}
+
+function cueFigures(c) {
+  if (c.text || c.value == null) return "";
+  const unit = unitLabel(c.unit, lang);
+  return `${(+c.value).toFixed(1)}${unit ? ` ${unit}` : ""}${c.z != null ? ` · z ${c.z > 0 ? "+" : ""}${c.z.toFixed(1)}` : ""}`;
 }

@@ -2,7 +2,7 @@
 // The bearer token never goes into a URL the server sees: it arrives in the fragment (#token=, which browsers do
 // not send) or the sign-in dialog, lives in sessionStorage, goes out as the Authorization header, and websockets
 // open with a single-use ticket (POST /v1/ws-ticket).
-import { STRINGS } from "./i18n.js";
+import { STRINGS, cueLabel } from "./i18n.js";
 
 // ------------------------------------------------------------------ language
 
@@ -207,6 +207,12 @@ export class CallFeed {
 
 // ------------------------------------------------------------------ DOM and formatting
 
+/** node.replaceChildren(...children) without the nulls and falses of conditional children (which it would print). */
+export function fill(node, ...children) {
+  node.replaceChildren(...children.flat().filter((c) => c != null && c !== false));
+  return node;
+}
+
 export function el(tag, attrs = {}, ...children) {
   const node = tag === "svg" || attrs.xmlns ? document.createElementNS("http://www.w3.org/2000/svg", tag) : document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
@@ -252,14 +258,43 @@ export function fmtClock(s) {
   return (h ? `${h}:${String(m).padStart(2, "0")}` : `${m}`) + `:${String(sec).padStart(2, "0")}`;
 }
 
+/** The one locale of the viewer's language for dates and numbers: zh-CN, or for English the browser's own English
+ * locale (its date pickers use it too), en-US when the browser's language is not English. */
+export function locale() {
+  if (lang === "zh") return "zh-CN";
+  return /^en\b/i.test(navigator.language || "") ? navigator.language : "en-US";
+}
+
 export function fmtDateTime(unix) {
   if (!unix) return "–";
-  return new Date(unix * 1000).toLocaleString(lang === "zh" ? "zh-CN" : "en-GB", { dateStyle: "short", timeStyle: "medium" });
+  return new Date(unix * 1000).toLocaleString(locale(), { dateStyle: "short", timeStyle: "medium" });
 }
 
 export function fmtTime(unix) {
   if (!unix) return "–";
-  return new Date(unix * 1000).toLocaleTimeString(lang === "zh" ? "zh-CN" : "en-GB");
+  return new Date(unix * 1000).toLocaleTimeString(locale());
+}
+
+/** An emotion index (0-100) as shown everywhere: a whole number, halves up (as the server's reason sentences). */
+export function fmtIndex(x) { return x == null || !isFinite(x) ? "–" : String(Math.round(x)); }
+
+const REASON_FIELDS = {
+  angry_sustained: ["angry_s"], index_rise: ["rise", "window_s", "index"], phrase: ["phrase", "label", "grade"],
+  calm: ["grade", "calm_s"], call_ended: [],
+};
+
+/** An alert's reason in the viewer's language, from its code and figures (an escalation event's reason_code /
+ * reason_figures, or an alert's evidence: rule and rules[0]); the server's English sentence when neither is known. */
+export function reasonText(a) {
+  if (!a) return "";
+  const code = a.reason_code ?? a.evidence?.rule;
+  const figures = a.reason_code ? a.reason_figures || {} : a.evidence?.rules?.[0] || {};
+  const need = REASON_FIELDS[code];
+  if (!need || need.some((k) => figures[k] == null)) return a.reason || "";
+  const shown = Object.fromEntries(Object.entries(figures).map(([k, v]) => [k, typeof v === "number" ? fmtIndex(v) : v]));
+  if (figures.grade) shown.grade = t(figures.grade).toLowerCase();
+  if (figures.label) shown.label = cueLabel(figures.label, lang);
+  return t(`reason_${code}`, shown);
 }
 
 export function fmtTrend(trend) {
