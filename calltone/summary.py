@@ -14,6 +14,7 @@ call summarised again).  ``speech_source`` says which.
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Literal
@@ -212,8 +213,10 @@ def _conversation(merged: Mapping[str, Intervals], duration_s: float) -> dict:
     interruptions = {r: 0 for r in roles}
     if len(roles) == 2:
         for who, other in ((roles[0], roles[1]), (roles[1], roles[0])):
-            for s, _ in merged[who]:
-                if any(os_ + INTERRUPTION_MIN_S <= s <= oe - INTERRUPTION_MIN_S for os_, oe in merged[other]):
+            starts = [os_ for os_, _ in merged[other]]
+            for s, _ in merged[who]:  # the other's intervals are disjoint: only the last one starting by s can hold s
+                k = bisect_right(starts, s) - 1
+                if k >= 0 and merged[other][k][0] + INTERRUPTION_MIN_S <= s <= merged[other][k][1] - INTERRUPTION_MIN_S:
                     interruptions[who] += 1
     return {
         "talk_s": {r: round(_total(iv), 3) for r, iv in merged.items()},
