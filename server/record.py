@@ -93,9 +93,13 @@ class CallRecord:
 
     def _cleared(self, ev: Any, now: float, ops: list[Op]) -> AlertMessage:
         """The alert as it was raised (its reason and evidence kept), now cleared."""
-        prev = self.open_alerts.pop(ev.alert_id, None) or {"alert_id": ev.alert_id, "call_id": self.call_id,
-                                                              "agent_id": self.agent_id, "channel": ev.channel,
-                                                              "reason": ev.reason}
+        prev = self.open_alerts.pop(ev.alert_id, None)
+        if prev is None:  # raised before a resume: its event is in the history the call resumed with
+            raised = next((e for e in self.history if e.get("type") == "escalation.raised"
+                           and e.get("alert_id") == ev.alert_id), {})
+            prev = {"alert_id": ev.alert_id, "call_id": self.call_id, "agent_id": self.agent_id, "channel": ev.channel,
+                    "reason": raised.get("reason", ev.reason), "evidence": raised.get("evidence", {}),
+                    "t": raised.get("t", ev.t), "seq": raised.get("seq")}
         prev = {**prev, "type": "escalation.cleared", "status": "cleared", "cleared_at": now}
         ops.append(lambda r: r.update_alert(ev.alert_id, status="cleared", cleared_at=now))
         return AlertMessage(**{k: v for k, v in prev.items() if k in AlertMessage.model_fields})

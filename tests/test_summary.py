@@ -294,3 +294,23 @@ def test_job_report_api_page_and_live_stream_agree_on_the_summary(server, record
             assert list(shown.values())[:10] == expected_metrics(summary, names, wpm)
             g = summary.grades["customer"]
             assert f"{pct(g.share['angry'])} ({clock(g.seconds['angry'])})" in shown["shares"]
+
+
+def test_a_cleared_alert_keeps_its_raised_reason_also_after_a_resume():
+    """server/record.py: the cleared alert message carries the reason and evidence it was raised with."""
+    from calltone.server.record import CallRecord
+
+    raised = parse_event(CALL[7])
+    raised.evidence = {"rule": "angry_sustained", "rules": [{"rule": "angry_sustained", "angry_s": 3.0}]}
+    cleared = parse_event(ev("escalation.cleared", 40.0, channel="customer", alert_id="a1", reason="caller calm for 20 s",
+                             reason_code="calm", reason_figures={"grade": "calm", "calm_s": 20.0}))
+    live = CallRecord("c", "a1", {})
+    for e in (raised, cleared):
+        live.stamp(e, 1.0)
+        got = live.record(e, 1.0).alert
+    assert got is not None and (got.status, got.reason, got.evidence) == ("cleared", "caller angry for 3 s", raised.evidence)
+    resumed = CallRecord("c", "a1", {}, seq=7, history=[json.loads(raised.model_dump_json())])
+    resumed.stamp(cleared, 2.0)
+    again = resumed.record(cleared, 2.0).alert
+    assert again is not None and cleared.seq == 8
+    assert (again.reason, again.evidence, again.t) == ("caller angry for 3 s", raised.evidence, raised.t)
