@@ -124,11 +124,11 @@ def anomaly_id(kpi: str, scope: str, value: str, window: Window) -> str:
 
 def _sums(repo: "Repository", window: Window, column: str, weeks: int) -> tuple[dict, dict]:
     """Per value of ``column``: the window's sums and its baseline's (the same window 1..weeks weeks back)."""
-    current = {s.group: s.sums for s in repo.kpi_sums(KpiSlotQuery(window.start, window.end, None, column))}
+    current = {s.group: s.sums for s in repo.kpi_sums(KpiSlotQuery(window.start, window.end, group=column))}
     baseline: dict[str | None, KpiSums] = {}
     for week in range(1, weeks + 1):
         back = week * WEEK_S
-        for s in repo.kpi_sums(KpiSlotQuery(window.start - back, window.end - back, None, column)):
+        for s in repo.kpi_sums(KpiSlotQuery(window.start - back, window.end - back, group=column)):
             baseline.setdefault(s.group, KpiSums()).add(s.sums)
     return current, baseline
 

@@ -20,7 +20,7 @@ import pytest
 from websockets.sync.client import connect
 
 from calltone.server.app import ServerThread, create_app
-from calltone.server.kpis import KpiSlotQuery, call_columns, report
+from calltone.server.kpis import KpiRequest, KpiSlotQuery, call_columns, plan, read_slots, report
 from calltone.server.postgres import PostgresRepository
 from calltone.server.sqlbase import SqlRepository
 from calltone.server.sqlite import SqliteRepository
@@ -105,6 +105,12 @@ CALLS = [
 ]
 
 
+NEW_YORK = ZoneInfo("America/New_York")  # summer time ends at 02:00 on Sunday 1 November 2026: a 25-hour day
+DST_CALLS = [Seed("ny-1", at("2026-11-01T00:30", NEW_YORK), queue="night"),   # EDT, -04:00
+             Seed("ny-2", at("2026-11-01T23:30", NEW_YORK), queue="night"),   # EST, -05:00: the same local day
+             Seed("ny-3", at("2026-11-02T00:10", NEW_YORK), queue="night")]
+
+
 def rest(srv: ServerThread, path: str, token: str | None = SUP, **params) -> tuple[int, dict]:
     query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
     req = urllib.request.Request(f"{srv.http}{path}" + (f"?{query}" if query else ""),
@@ -127,6 +133,7 @@ def server(tmp_path_factory, runtime):
     data = tmp_path_factory.mktemp("data")
     repo = SqliteRepository(data / "calltone.db")
     seed(repo, CALLS)
+    seed(repo, DST_CALLS)
     seed(repo, [Seed("old-live", at("2025-11-24T10:00"))])  # then made live: only ended calls count
     repo.update_call("old-live", status="live")
     repo.close()
@@ -184,12 +191,15 @@ def test_week_buckets_start_on_monday_and_days_follow_daylight_saving(server) ->
     later = kpis(server, **{"from": "2025-11-26", "to": "2025-11-27"}, tz="Asia/Shanghai", bucket="week")
     [bucket] = later["series"][0]["buckets"]  # the range counts: calls of the 24th and 25th are outside it
     assert bucket["label"] == "2025-11-24T00:00:00+08:00" and bucket["calls"] == 0
-    ny = ZoneInfo("America/New_York")  # summer time ends on Sunday 1 November 2026: a 25-hour day
     body = kpis(server, **{"from": "2026-10-31", "to": "2026-11-02"}, tz="America/New_York", bucket="day")
-    starts = [b["start"] for b in body["series"][0]["buckets"]]
-    assert [b["label"] for b in body["series"][0]["buckets"]] == [
-        "2026-10-31T00:00:00-04:00", "2026-11-01T00:00:00-04:00", "2026-11-02T00:00:00-05:00"]
-    assert starts[2] - starts[1] == 25 * 3600 and starts[0] == at("2026-10-31T00:00", ny)
+    buckets = body["series"][0]["buckets"]
+    assert [(b["label"], b["calls"]) for b in buckets] == [
+        ("2026-10-31T00:00:00-04:00", 0), ("2026-11-01T00:00:00-04:00", 2), ("2026-11-02T00:00:00-05:00", 1)]
+    assert buckets[2]["start"] - buckets[1]["start"] == 25 * 3600 and buckets[0]["start"] == at("2026-10-31T00:00", NEW_YORK)
+    hours = kpis(server, **{"from": "2026-11-01T00:00", "to": "2026-11-01T03:00"}, tz="America/New_York", bucket="hour")
+    assert [b["label"] for b in hours["series"][0]["buckets"]] == [  # 01:00 twice: EDT, then EST
+        "2026-11-01T00:00:00-04:00", "2026-11-01T01:00:00-04:00", "2026-11-01T01:00:00-05:00", "2026-11-01T02:00:00-05:00"]
+    assert [b["calls"] for b in hours["series"][0]["buckets"]] == [1, 0, 0, 0]
 
 
 def test_filters_and_grouping(server) -> None:
@@ -242,9 +252,9 @@ def test_postgresql_sums_as_sqlite_does(tmp_path: Path, postgres: PgServer) -> N
         answers = []
         for repo in (lite, pg):
             seed(repo, CALLS)
-            q = KpiSlotQuery(at("2025-11-24T00:00"), at("2025-11-26T00:00"), group="agent_id", filters={"queue": "billing"})
-            answers.append(report(repo.kpi_sums(q), q, "day", SHANGHAI, "agent").model_dump())
-            whole = repo.kpi_sums(KpiSlotQuery(at("2025-11-24T00:00"), at("2025-11-26T00:00"), slot_s=None))
+            req = KpiRequest(at("2025-11-24T00:00"), at("2025-11-26T00:00"), "day", SHANGHAI, "agent", {"queue": "billing"})
+            answers.append(report(req, read_slots(repo, plan(req))).model_dump())
+            whole = repo.kpi_sums(KpiSlotQuery(at("2025-11-24T00:00"), at("2025-11-26T00:00")))
             assert [(s.slot, s.group, s.sums.calls, s.sums.alerts) for s in whole] == [(0.0, None, 4, 3)]
         assert answers[0] == answers[1]
         assert [(s["group"], s["total"]["calls"]) for s in answers[0]["series"]] == [("a1", 2), ("a2", 1)]

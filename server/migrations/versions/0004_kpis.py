@@ -5,8 +5,8 @@ metadata), the customer's ``angry_s`` and whether they ``reached_angry``, the ``
 (``talk_s`` of every speaker, ``customer_talk_s``), ``silence_s``, ``overtalk_s``, ``interruptions`` (all
 speakers) and the ``agent_speech_rate`` (its unit: ``server/kpis.py``).  Rows from before this revision
 have NULLs there and are counted only in the figures they have.  Indexes: ended calls by start time
-(``status, started_at``, with the columns the sums read, so the KPI query reads the index only) and by
-queue.  ``anomalies``: one row per anomaly raised; its id is made from what it judged (KPI, scope, scope
+(``status, started_at``, then every column the KPI query groups, filters, sums or joins on, so that it reads
+the index only) and by queue; alerts by call with what the alert sums read.  ``anomalies``: one row per anomaly raised; its id is made from what it judged (KPI, scope, scope
 value, the hour), so that an anomaly is raised once whichever node judged it.
 
 Revision ID: 0004_kpis
@@ -27,7 +27,10 @@ TIME = sa.Double().with_variant(sa.REAL(), "sqlite")  # Unix seconds / seconds
 COLUMNS = (("queue", sa.Text), ("direction", sa.Text), ("angry_s", TIME), ("reached_angry", sa.Integer),
            ("peak_index", TIME), ("talk_s", TIME), ("customer_talk_s", TIME), ("silence_s", TIME),
            ("overtalk_s", TIME), ("interruptions", sa.Integer), ("agent_speech_rate", TIME))
-KPI_INDEX = ["status", "started_at", "duration_s", "escalations", "reached_angry", "angry_s", "peak_index"]
+# the KPI query's range, its groups and filters, every column it sums, and the call id its alerts join on: it
+# reads this index, never the table
+KPI_INDEX = ["status", "started_at", "queue", "agent_id", "language", "direction", "duration_s", "escalations",
+             *(name for name, _ in COLUMNS if name not in ("queue", "direction")), "call_id"]
 
 
 def upgrade() -> None:
@@ -35,6 +38,7 @@ def upgrade() -> None:
         op.add_column("calls", sa.Column(name, kind))
     op.create_index("calls_kpi", "calls", KPI_INDEX)
     op.create_index("calls_queue", "calls", ["queue", "started_at"])
+    op.create_index("alerts_kpi", "alerts", ["call_id", "raised_at", "acked_at", "barge_in"])  # the alert sums, from the index
     op.create_table(
         "anomalies",
         sa.Column("anomaly_id", sa.Text, primary_key=True), sa.Column("kpi", sa.Text, nullable=False),
@@ -46,6 +50,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("anomalies")
+    op.drop_index("alerts_kpi", "alerts")
     op.drop_index("calls_queue", "calls")
     op.drop_index("calls_kpi", "calls")
     with op.batch_alter_table("calls") as batch:  # SQLite rebuilds the table
