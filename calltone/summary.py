@@ -5,8 +5,8 @@ reports (JSON, HTML, ``summary.csv``), the pages and the API -- comes from
 :func:`summarize`, from the call's events and each speaker's speech intervals.
 ``docs/events.md`` ("The call summary") defines each figure.
 
-Speech intervals, one rule: the VAD's speech segments when the pipeline heard the whole
-call (a live call that was not resumed, a scored recording); the final transcripts'
+Speech intervals, one rule: the VAD's speech segments (in call time) when the pipeline heard the
+whole call (a live call that was not resumed, a scored recording); the final transcripts'
 ``start``..``end`` otherwise (a resumed call, a call summarised while still live, a stored
 call summarised again).  ``speech_source`` says which.
 """

@@ -281,8 +281,10 @@ class LiveCall:
         self.record.stamp(ev, now)
         if typ == "call.ended":
             duration = self.position_s
-            whole = not self.resumed and not self.clock.skipped  # else the VAD heard only part of the call
-            ev.summary = summarize(self.record.history, duration, self.pipeline.speech() if whole else None,
+            speech = None if self.resumed else {  # a resumed call: the VAD heard only part of it, the finals stand in
+                role: [span for s, e in segments for span in self.clock.spans(s, e)]
+                for role, segments in self.pipeline.speech().items()}
+            ev.summary = summarize(self.record.history, duration, speech,
                                    roles=self.options.roles, language=(ev.summary or {}).get("language"),
                                    resumed=self.resumed, end_reason=self.end_reason).model_dump()
             ev.t = round(duration, 3)

@@ -39,6 +39,13 @@ class CallClock:
         i = (bisect_right if start else bisect_left)(self._at, t)
         return t + self.offset + (self._total[i - 1] if i else 0.0)
 
+    def spans(self, start: float, end: float) -> list[tuple[float, float]]:
+        """Pipeline time ``start``..``end`` (audio heard, e.g. a VAD speech segment) as call-time spans: split at
+        the skips inside it, so the skipped seconds between the pieces are not counted as heard."""
+        cuts = sorted({a for a in self._at[bisect_right(self._at, start):bisect_left(self._at, end)] if start < a < end})
+        bounds = [start, *cuts, end]
+        return [(self.call_time(a, start=True), self.call_time(b)) for a, b in zip(bounds, bounds[1:])]
+
     def shift(self, ev: Any) -> None:
         """Turn an event's pipeline times (``t``, ``start``/``end``, word times) into call times."""
         if not self.offset and not self._at:

@@ -314,3 +314,16 @@ def test_a_cleared_alert_keeps_its_raised_reason_also_after_a_resume():
     again = resumed.record(cleared, 2.0).alert
     assert again is not None and cleared.seq == 8
     assert (again.reason, again.evidence, again.t) == ("caller angry for 3 s", raised.evidence, raised.t)
+
+
+def test_speech_heard_around_skipped_audio_is_split_at_the_skip():
+    """A live call whose producer discarded audio upstream (server/calltime.py): a VAD segment across the skip is
+    two spans of call time, and the skipped seconds are not talk."""
+    from calltone.server.calltime import CallClock
+
+    clock = CallClock(0.0)
+    clock.skip(2.5, 1.5)
+    clock.skip(2.5, 2.0)  # two skips at one instant: 3.5 s in all
+    assert clock.spans(1.0, 4.0) == [(1.0, 2.5), (6.0, 7.5)] and clock.spans(0.0, 2.0) == [(0.0, 2.0)]
+    s = summarize([CALL[0]], 9.0, {"customer": clock.spans(1.0, 4.0), "agent": clock.spans(4.0, 5.0)})
+    assert s.talk_s == {"customer": 3.0, "agent": 1.0} and s.silence_s == 5.0  # 9 s of call time, 4 s heard as speech
