@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from websockets.sync.client import connect
 
 from calltone.emotion.escalation import EscalationConfig, EscalationPolicy, reason_text
 from calltone.emotion.tracker import TrackerState
@@ -117,14 +118,11 @@ def seed_ended_call(srv, call_id: str) -> None:
 
 
 class LiveCall:
-    """A call held open on the native ingest websocket (a little silence), its escalations put into the server's
+    """A call held open on a native ingest websocket (a little silence), its escalations put into the server's
     live pipeline as emotion/escalation.py would emit them."""
 
-    def __init__(self, srv, call_id: str) -> None:
-        from websockets.sync.client import connect
-
-        self.srv, self.call_id = srv, call_id
-        self.ws = connect(f"{srv.ws}/v1/calls/{call_id}/audio", additional_headers={"Authorization": f"Bearer {INGEST}"})
+    def __init__(self, srv, call_id: str, ws) -> None:
+        self.srv, self.call_id, self.ws = srv, call_id, ws
         self.ws.send(json.dumps({"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le", "channels": 2,
                                  "channel_roles": ["customer", "agent"], "language": "en", "agent_id": "a1"}))
         assert json.loads(self.ws.recv(timeout=30))["type"] == "started"
@@ -201,8 +199,8 @@ def test_alert_cards_barge_in_only_while_open_and_live_and_say_one_index(server,
     sup = new_page(browser)
     sup.goto(f"{server.http}/supervisor#token={SUP}")
     sup.wait_for_selector("[data-testid=alerts]", timeout=10_000)
-    call = LiveCall(server, "pa-live-1")
-    try:
+    with connect(f"{server.ws}/v1/calls/pa-live-1/audio", additional_headers={"Authorization": f"Bearer {INGEST}"}) as ws:
+        call = LiveCall(server, "pa-live-1", ws)
         sup.wait_for_selector("tr.call-row[data-call='pa-live-1']", timeout=20_000)
         call.emit(escalation("pa-live-1", 2.0))
         card = ".alert-card[data-alert='pa-live-1:customer:esc1']"
@@ -212,7 +210,6 @@ def test_alert_cards_barge_in_only_while_open_and_live_and_say_one_index(server,
         call.emit(cleared("pa-live-1", 25.0))
         sup.wait_for_selector(f"{card}[data-status=cleared]", timeout=20_000)
         assert sup.inner_text(f"{card} .reason") == "emotion index rose 31 points in 12 s to 68"  # kept on clearing
-    finally:
         call.stop()
     sup.wait_for_selector(f"{card}[data-live=false]", timeout=20_000)  # the call ended
     assert sup.locator(f"{card} button[data-action=barge]").count() == 0
@@ -243,7 +240,7 @@ def test_recording_panel_says_what_is_known(server, browser):
                           ("zh-CN", ["来源", "实时接入", "说话人", "客户 · 坐席", "0:40"])):
         page = new_page(browser, locale)
         page.goto(f"{server.http}/qa?call=pa-rec-1#token={QA}")
-        panel = page.wait_for_selector("[data-testid=recording] dl", timeout=10_000).inner_text()
+        panel = page.wait_for_selector("[data-testid=recording-facts]", timeout=10_000).inner_text()
         assert all(w in panel for w in words), panel
         metrics = page.inner_text("[data-testid=metrics]")
         assert ("升级次数" if locale == "zh-CN" else "Escalations") in metrics
