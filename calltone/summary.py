@@ -17,6 +17,7 @@ import re
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -102,16 +103,16 @@ def summarize(events: Iterable[Mapping | BaseModel], duration_s: float, speech: 
     lang = language if language and language != "auto" else _language(finals, started)
     unit = _rate_unit([f.get("text") or "" for f in finals], lang)
     rates = {r: rate for r in merged if (rate := _rate([f.get("text") or "" for f in finals if f["channel"] == r],
-                                                      conv["talk_s"][r], unit)) is not None}
+                                                      conv.talk_s[r], unit)) is not None}
     grades = _grades(evs, merged)
     top = max(grades.items(), key=lambda kv: (GRADE_ORDER[kv[1].peak_grade], kv[1].peak_index), default=None)
     raised = [float(e["t"]) for e in evs if e.get("type") == "escalation.raised"]
-    total = sum(conv["talk_s"].values())
+    total = sum(conv.talk_s.values())
     return CallSummary(
-        duration_s=round(duration, 3), language=lang, speech_source=source, talk_s=conv["talk_s"],
-        talk_share={r: round(v / total, 3) for r, v in conv["talk_s"].items()} if total > 0 else {},
-        silence_s=conv["silence_s"], silence_share=round(conv["silence_s"] / duration, 3) if duration > 0 else 0.0,
-        longest_silence_s=conv["longest_silence_s"], overtalk_s=conv["overtalk_s"], interruptions=conv["interruptions"],
+        duration_s=round(duration, 3), language=lang, speech_source=source, talk_s=conv.talk_s,
+        talk_share={r: round(v / total, 3) for r, v in conv.talk_s.items()} if total > 0 else {},
+        silence_s=conv.silence_s, silence_share=round(conv.silence_s / duration, 3) if duration > 0 else 0.0,
+        longest_silence_s=conv.longest_silence_s, overtalk_s=conv.overtalk_s, interruptions=conv.interruptions,
         agent_speech_rate=rates.get("agent"), agent_speech_rate_unit=unit if "agent" in rates else None,
         speech_rate=rates, speech_rate_unit=unit if rates else None, grades=grades,
         peak_grade=top[1].peak_grade if top else None, peak_index=top[1].peak_index if top else None,
@@ -204,7 +205,16 @@ def _intersection(a: Intervals, b: Intervals) -> float:
     return _overlap_by_label(a, [(s, e, "calm") for s, e in b])["calm"]
 
 
-def _conversation(merged: Mapping[str, Intervals], duration_s: float) -> dict:
+@dataclass(frozen=True)
+class _Conversation:
+    talk_s: dict[str, float]
+    silence_s: float
+    longest_silence_s: float
+    overtalk_s: float
+    interruptions: dict[str, int]
+
+
+def _conversation(merged: Mapping[str, Intervals], duration_s: float) -> _Conversation:
     """Talk, silence, overtalk and interruptions from each speaker's merged speech intervals."""
     anyone = _union([iv for ivs in merged.values() for iv in ivs])
     gaps = [b - a for a, b in zip([0.0] + [e for _, e in anyone], [s for s, _ in anyone] + [duration_s])]
@@ -218,13 +228,10 @@ def _conversation(merged: Mapping[str, Intervals], duration_s: float) -> dict:
                 k = bisect_right(starts, s) - 1
                 if k >= 0 and merged[other][k][0] + INTERRUPTION_MIN_S <= s <= merged[other][k][1] - INTERRUPTION_MIN_S:
                     interruptions[who] += 1
-    return {
-        "talk_s": {r: round(_total(iv), 3) for r, iv in merged.items()},
-        "silence_s": round(max(0.0, duration_s - _total(anyone)), 3),
-        "longest_silence_s": round(max([g for g in gaps if g > 0], default=0.0), 3),
-        "overtalk_s": round(overtalk, 3),
-        "interruptions": interruptions,
-    }
+    return _Conversation(talk_s={r: round(_total(iv), 3) for r, iv in merged.items()},
+                         silence_s=round(max(0.0, duration_s - _total(anyone)), 3),
+                         longest_silence_s=round(max([g for g in gaps if g > 0], default=0.0), 3),
+                         overtalk_s=round(overtalk, 3), interruptions=interruptions)
 
 
 def timeline(events: list[dict]) -> dict:
