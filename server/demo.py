@@ -48,7 +48,9 @@ def demo_banner(settings: "Settings", tokens: dict[str, str]) -> str:
     ``#token=``; the docs and health checks need no token), and the API calls as commands with their header
     (a browser's address bar cannot send ``Authorization``, so an API URL opened there answers 401)."""
     http, ws = _base(settings)
-    by_role = {spec.split(":")[0]: token for token, spec in sorted(tokens.items(), key=lambda kv: kv[1])}
+    by_role: dict[str, str] = {}  # the first token of each role, by its spec
+    for token, spec in sorted(tokens.items(), key=lambda kv: kv[1]):
+        by_role.setdefault(spec.split(":")[0], token)
 
     def page(path: str, role: str) -> str:
         token = by_role.get(role)
