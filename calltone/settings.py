@@ -107,8 +107,8 @@ class AnomalySettings(BaseModel):
     """ops.anomaly alerts: a queue's or agent's KPI this hour against the same hour of the weeks before (docs/ops.md)."""
 
     enabled: bool = True
-    interval_s: float = Field(300.0, gt=0, description="how often the current and the previous hour are judged "
-                              "(with server.bus_url: by one node per interval)")
+    interval_s: float = Field(300.0, gt=0, description="how often the current and the previous hour are judged (by "
+                              "one node: the first to take the interval's turn in the store)")
     kpis: list[AnomalyKpi] = Field(["angry_call_share", "escalation_rate"], description="the KPIs judged")
     scopes: list[Literal["queue", "agent"]] = Field(["queue", "agent"], description="judged per queue and per agent")
     baseline_weeks: int = Field(4, ge=1, le=12, description="the baseline: the same hour of the same weekday, this "

@@ -1,16 +1,17 @@
 """Anomaly alerts: a queue's or agent's KPI that departs from its own recent baseline raises ``ops.anomaly``.
 
-Every ``anomaly.interval_s`` the node judges two windows: the current UTC hour so far and the hour before it
-(whose calls may have ended since).  For each queue and agent (``anomaly.scopes``) and each KPI that is a share
-of calls (``anomaly.kpis``: the angry-call share, the escalation rate), the window's share ``p`` over its ``n``
-ended calls is set against the baseline ``p0``: the same window of the same weekday in each of the
-``anomaly.baseline_weeks`` weeks before, pooled.  It alarms when ``n >= min_calls``, the baseline has at
-least ``min_baseline_calls`` calls, ``p - p0 >= min_increase`` and ``(p - p0) / sqrt(p0 (1 - p0) / n) >=
-min_z`` (``p0`` kept within ``1 / baseline calls`` of 0 and 1 there, so a baseline of none is not certainty).
+Every ``anomaly.interval_s`` one node (the first to take the interval's turn in the store) judges two
+windows: the current UTC hour so far and the hour before it (whose calls may have ended since).  For each
+queue and agent (``anomaly.scopes``) and each KPI that is a share of calls (``anomaly.kpis``: the angry-call
+share, the escalation rate), the window's share ``p`` over its ``n`` ended calls is set against the baseline
+``p0``: the same window of the same weekday in each of the ``anomaly.baseline_weeks`` weeks before, pooled.
+It alarms when ``n >= min_calls``, the baseline has at least ``min_baseline_calls`` calls, ``p - p0 >=
+min_increase`` and ``(p - p0) / sqrt(p0 (1 - p0) / n) >= min_z`` (``p0`` kept within ``1 / baseline calls``
+of 0 and 1 there, so a baseline of none is not certainty).
 
 An anomaly's id is made from what it judged (KPI, scope, value, hour), and the store keeps it once
-(``Repository.insert_anomaly``): whichever node judges a window, and however often, one ``ops.anomaly`` goes
-to the supervisors' alert feed (topic ``alerts``) and the webhooks.  Rule and defaults: ``docs/ops.md``.
+(``Repository.insert_anomaly``): however often a window is judged, one ``ops.anomaly`` goes to the
+supervisors' alert feed (topic ``alerts``) and the webhooks.  Rule and defaults: ``docs/ops.md``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ log = logging.getLogger("calltone.server.anomaly")
 HOUR_S = 3600
 WEEK_S = 7 * 86400
 ANOMALY = "ops.anomaly"
+TURN = "anomaly"  # the periodic task's name in the store's turns
 # KPI -> (the KpiSums field counting the calls that have it, the field counting the calls it is a share of)
 SHARES: dict[str, tuple[str, str]] = {"angry_call_share": ("reached_angry", "summarised"),
                                       "escalation_rate": ("escalated", "calls")}
@@ -166,13 +168,18 @@ def publish(s: "Services", alert: AnomalyAlert) -> None:
 
 
 async def anomaly_loop(s: "Services") -> None:
-    """Judge now, then every ``anomaly.interval_s``, until cancelled."""
+    """Every ``anomaly.interval_s`` slot of Unix time, the one node that takes the slot's turn in the store judges,
+    until cancelled."""
     cfg = s.settings.anomaly
     if not cfg.enabled:
         return
+    node = s.registry.ownership.node_id
     while True:
+        now = time.time()
+        slot = int(now // cfg.interval_s)
         try:
-            await evaluate(s, time.time())
+            if await s.store.write(lambda r: r.take_turn(TURN, slot, node, now)):
+                await evaluate(s, now)
         except Exception:  # noqa: BLE001 -- judged again next interval
             log.exception("anomaly evaluation failed")
-        await asyncio.sleep(cfg.interval_s)
+        await asyncio.sleep(max(0.0, (slot + 1) * cfg.interval_s - time.time()))

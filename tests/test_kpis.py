@@ -263,6 +263,19 @@ def test_postgresql_sums_as_sqlite_does(tmp_path: Path, postgres: PgServer) -> N
         pg.close()
 
 
+def test_a_periodic_turn_goes_to_one_node_on_sqlite_and_postgresql(tmp_path: Path, postgres: PgServer) -> None:
+    url = postgres.create_database()
+    for first, second in ((SqliteRepository(tmp_path / "calltone.db"), SqliteRepository(tmp_path / "calltone.db")),
+                          (PostgresRepository(url), PostgresRepository(url))):  # two nodes on one database
+        try:
+            assert first.take_turn("anomaly", 7, "node-a", 1.0) and not second.take_turn("anomaly", 7, "node-b", 1.1)
+            assert second.take_turn("anomaly", 8, "node-b", 2.0) and not first.take_turn("anomaly", 8, "node-a", 2.0)
+            assert first.take_turn("purge", 7, "node-a", 1.0)  # another task's turns are its own
+        finally:
+            first.close()
+            second.close()
+
+
 # --------------------------------------------------------------------------- anomalies
 
 

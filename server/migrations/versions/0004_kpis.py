@@ -7,7 +7,9 @@ speakers) and the ``agent_speech_rate`` (its unit: ``server/kpis.py``).  Rows fr
 have NULLs there and are counted only in the figures they have.  Indexes: ended calls by start time
 (``status, started_at``, then every column the KPI query groups, filters, sums or joins on, so that it reads
 the index only) and by queue; alerts by call with what the alert sums read.  ``anomalies``: one row per anomaly raised; its id is made from what it judged (KPI, scope, scope
-value, the hour), so that an anomaly is raised once whichever node judged it.
+value, the hour), so that an anomaly is raised once whichever node judged it.  ``turns``: which node took
+each interval of a periodic task (the anomaly judgement: one node per ``anomaly.interval_s``), the first to
+insert the row.
 
 Revision ID: 0004_kpis
 Revises: 0003_jobs
@@ -46,9 +48,14 @@ def upgrade() -> None:
         sa.Column("bucket_start", TIME, nullable=False), sa.Column("figures", sa.Text, nullable=False),
         sa.Column("raised_at", TIME, nullable=False))
     op.create_index("anomalies_raised", "anomalies", ["raised_at"])
+    op.create_table(
+        "turns",
+        sa.Column("name", sa.Text, primary_key=True), sa.Column("slot", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("node", sa.Text, nullable=False), sa.Column("taken_at", TIME, nullable=False))
 
 
 def downgrade() -> None:
+    op.drop_table("turns")
     op.drop_table("anomalies")
     op.drop_index("alerts_kpi", "alerts")
     op.drop_index("calls_queue", "calls")
