@@ -59,6 +59,7 @@ def bench_offline() -> list[dict]:
     from calltone.runtime import Runtime
     from calltone.settings import Settings
     from calltone.speech.audio import load_recording
+    from calltone.speech.decoding import LIVE
 
     rec = load_recording(SPEECH / "multilingual.mp3", mono=True)
     audio = rec.channels["customer"][: 16000 * 30]  # the English part
@@ -77,7 +78,7 @@ def bench_offline() -> list[dict]:
         rows.append(dict(model=model, path="faster-whisper transcribe (30 s windows)", audio_s=seconds, wall_s=wall,
                          cpu_s=cpu, rtf=wall / seconds, words=len(text.split())))
         t0, c0 = time.perf_counter(), cpu_seconds()
-        events = asyncio.run(run_recording("bench", {"customer": audio}, rt, PipelineOptions(language="en", partials=False, emotion=False), block_s=30.0))
+        events = asyncio.run(run_recording("bench", {"customer": audio}, rt, PipelineOptions(language="en", decode=LIVE.without_partials(), emotion=False), block_s=30.0))
         wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
         words = sum(len(e.text.split()) for e in events if e.type == "transcript.final")
         rows.append(dict(model=model, path="calltone pipeline (VAD + short windows, word times)", audio_s=seconds, wall_s=wall,

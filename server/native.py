@@ -27,6 +27,7 @@ from calltone.events import valid_call_id
 from calltone.server.protocol import Limits, ProtocolError, StartMessage, validation_message
 from calltone.server.wsutil import require
 from calltone.speech.audio import BadChannelRoles, BadSampleRate, StreamDecoder, StreamFormat, UnsupportedEncoding
+from calltone.speech.decoding import LIVE
 
 if TYPE_CHECKING:
     from calltone.server.calls import LiveCall
@@ -87,7 +88,8 @@ class NativeProtocol:
             raise ProtocolError("invalid_start", f"metadata exceeds {self.limits.max_metadata_bytes} bytes")
         fmt = stream_format(start.encoding, start.sample_rate, start.channels, start.channel_roles)
         self.decoder = StreamDecoder(fmt, strict=True)
-        options = PipelineOptions(language=start.language, roles=list(fmt.channel_roles), partials=start.partials,
+        options = PipelineOptions(language=start.language, roles=list(fmt.channel_roles),
+                                  decode=LIVE if start.partials else LIVE.without_partials(),
                                   agent_id=start.agent_id, metadata=start.metadata)
         return Open(self.call_id, options, forward_events=start.events)
 

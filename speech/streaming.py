@@ -8,12 +8,14 @@ every ``partial_interval_s`` as a *partial* hypothesis, which is shown in place 
 replaced by the final.  Partials are best effort (the ASR worker may coalesce or
 skip them under load); finals are never dropped and come out in order.
 
-Recordings (``batch=True``) decode no partials: the once-a-second views of the
-utterance so far still reach the listener, at the same call times, but only once
-the utterance's final decode is back, with embeddings cut from its encoder output
-(``DecodeResult.embedding_between``).  Their decodes run at background priority and
-are not conditioned on the previous utterance's text (which, with every utterance
-queued at once, would depend on timing): a recording scores the same every time.
+What the transcriber hears goes to the pipeline as typed items, in order
+(``calltone/speech/utterance.py``): the speech so far (about once a second, when the
+channel's voice is graded or a partial is shown) and each finished utterance with its
+final.  How it decodes is the pipeline's :class:`~calltone.speech.decoding.DecodePolicy`:
+a recording (``RECORDING``) decodes no partials, and the once-a-second views of the
+utterance so far are handed over at the same call times as live, but only once the
+utterance's final decode is back, with embeddings cut from its encoder output
+(``DecodeResult.embedding_between``).
 """
 
 from __future__ import annotations
@@ -21,20 +23,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import numpy as np
 
-from calltone.events import Event, TranscriptFinal, TranscriptPartial, Word
+from calltone.events import TranscriptFinal, TranscriptPartial, Word
 from calltone.settings import AsrSettings
 from calltone.speech.asr import DecodeRequest, DecodeResult
+from calltone.speech.audio import SAMPLE_RATE
+from calltone.speech.decoding import LIVE, DecodePolicy
+from calltone.speech.utterance import Heard, SpeechSoFar, Utterance
 from calltone.speech.vad import SpeechSegment, StreamingVad
 from calltone.speech.worker import AsrWorker
 
 log = logging.getLogger("calltone.speech.streaming")
-
-SAMPLE_RATE = 16000
 
 
 class AudioBuffer:
@@ -97,32 +100,23 @@ class CallLanguage:
             self.detected = max(self._votes, key=self._votes.get)
 
 
-class SpeechListener(Protocol):
-    """Gets the speech of a channel as it is heard: the utterance so far (about once a
-    second) and each whole utterance, with the decode's voice embedding when computed."""
-
-    def __call__(self, audio: np.ndarray, start: float, end: float, embedding: np.ndarray | None, whole: bool) -> None: ...
-
-
 class ChannelTranscriber:
-    """VAD + partial/final decoding for one channel; events go to ``emit``.
+    """VAD + partial/final decoding for one channel, by ``policy``; what it hears goes to ``hear``.
 
-    With ``transcribe=False`` nothing is decoded, but the listener still gets the
-    speech (so the voice alone can be graded)."""
+    ``voice``: the channel's voice is graded, so the speech so far is handed over about once a
+    second and decodes also return the encoder embedding.  With ``transcribe=False`` nothing is
+    decoded, but the speech is still handed over (so the voice alone can be graded)."""
 
     def __init__(self, call_id: str, channel: str, worker: AsrWorker, cpu: Executor, vad: StreamingVad,
-                 language: CallLanguage, settings: AsrSettings, emit: Callable[[Event], None],
-                 partials: bool = True, beam_size: int | None = None, transcribe: bool = True,
-                 listener: SpeechListener | None = None, batch: bool = False) -> None:
+                 language: CallLanguage, settings: AsrSettings, hear: Callable[[Heard], None],
+                 policy: DecodePolicy = LIVE, voice: bool = False, beam_size: int | None = None,
+                 transcribe: bool = True) -> None:
         self.call_id, self.channel = call_id, channel
         self.worker, self.cpu, self.vad = worker, cpu, vad
-        self.language, self.s, self.emit = language, settings, emit
-        self.batch = batch
-        self.show_partials = partials and not batch
-        self.partials = self.show_partials or listener is not None
-        self.word_timestamps = settings.word_timestamps and not batch
-        self.transcribe = transcribe
-        self.listener = listener
+        self.language, self.s, self.hear = language, settings, hear
+        self.policy, self.voice, self.transcribe = policy, voice, transcribe
+        self.views = policy.show_partials or voice  # the utterance so far is looked at about once a second
+        self.word_timestamps = settings.word_timestamps and policy.word_timestamps
         self.beam_size = beam_size or settings.live_beam_size
         self.buffer = AudioBuffer()
         self.segments: list[SpeechSegment] = []
@@ -132,7 +126,7 @@ class ChannelTranscriber:
         self._final_chain: asyncio.Task | None = None
         self._stream_id = f"{call_id}/{channel}"
         self._previous_text = ""
-        self._views: list[tuple[float, float, np.ndarray]] = []  # batch: the utterance-so-far views awaiting its decode
+        self._views: list[SpeechSoFar] = []  # policy.defer_views_to_final: the views awaiting the utterance's decode
 
     async def push(self, samples: np.ndarray) -> list[SpeechSegment]:
         """Add 16 kHz audio; schedule decodes; return the speech segments that ended."""
@@ -143,7 +137,7 @@ class ChannelTranscriber:
             ended = self.vad.feed(samples)  # less than one 32 ms chunk so far: only buffered
         for seg in ended:
             self._finalise(seg)
-        if self.partials:
+        if self.views:
             self._maybe_partial()
         return ended
 
@@ -172,21 +166,21 @@ class ChannelTranscriber:
         self.buffer.trim_before(seg.end - 1.0)
         views, self._views = self._views, []
         if not self.transcribe:
-            if self.listener is not None:
-                for start, end, view in views:
-                    self.listener(view, start, end, None, False)
-                self.listener(audio, seg.start, seg.end, None, True)
+            for view in views:
+                self.hear(view)
+            self.hear(Utterance(self.channel, seg.start, seg.end, audio))
             return
+        p = self.policy
         request = DecodeRequest(audio, self.language.current, word_timestamps=self.word_timestamps, beam_size=self.beam_size,
-                                previous_text="" if self.batch else self._previous_text, embed=self.listener is not None,
-                                embed_frames=self.listener is not None and bool(views),
-                                packable=self.batch and self.listener is None, language_group=self.call_id)
-        future = asyncio.wrap_future(self.worker.submit(self._stream_id, request, final=True, background=self.batch))
+                                previous_text=self._previous_text if p.condition_on_previous_text else "",
+                                embed=self.voice, embed_frames=self.voice and bool(views),
+                                packable=p.packable and not self.voice, language_group=self.call_id)
+        future = asyncio.wrap_future(self.worker.submit(self._stream_id, request, final=True, background=p.background))
         previous = self._final_chain
         self._final_chain = asyncio.ensure_future(self._emit_final(seg, audio, future, previous, views))
 
     async def _emit_final(self, seg: SpeechSegment, audio: np.ndarray, future, previous: asyncio.Task | None,
-                          views: list[tuple[float, float, np.ndarray]]) -> None:
+                          views: list[SpeechSoFar]) -> None:
         """One utterance's final, after the one before it.  A decode that fails costs that utterance's text
         only: it is logged, the voice is still graded (without the embedding), and later finals go on."""
         try:
@@ -203,32 +197,33 @@ class ChannelTranscriber:
             log.exception("call %s, %s: delivering the final at %.2f s failed", self.call_id, self.channel, seg.end)
 
     def _deliver_final(self, seg: SpeechSegment, audio: np.ndarray, result: DecodeResult | None,
-                       views: list[tuple[float, float, np.ndarray]]) -> None:
+                       views: list[SpeechSoFar]) -> None:
+        """The deferred views (the ones a live call would have graded during the utterance), then the utterance."""
+        final = None
         if result is not None:
             self.language.observe(result, seg.duration)
             if result.text:
-                self._emit_final_text(seg, result)
-        if self.listener is not None:
-            for start, end, view in views:  # batch: the views a live call would have graded during the utterance
-                embedding = result.embedding_between(start - seg.start, end - seg.start) if result is not None else None
-                self.listener(view, start, end, embedding, False)
-            if result is not None:
-                result.embedding_frames = None
-            self.listener(audio, seg.start, seg.end, result.embedding if result is not None else None, True)
+                final = self._final_event(seg, result)
+        for view in views:
+            embedding = result.embedding_between(view.start - seg.start, view.end - seg.start) if result is not None else None
+            self.hear(replace(view, embedding=embedding))
+        if result is not None:
+            result.embedding_frames = None
+        self.hear(Utterance(self.channel, seg.start, seg.end, audio, result.embedding if result is not None else None, final))
 
-    def _emit_final_text(self, seg: SpeechSegment, result: DecodeResult) -> None:
+    def _final_event(self, seg: SpeechSegment, result: DecodeResult) -> TranscriptFinal:
         self._previous_text = result.text
         words = [Word(word=w.word, start=round(seg.start + w.start, 3), end=round(min(seg.end, seg.start + w.end), 3),
                       probability=w.probability) for w in result.words]
-        self.emit(TranscriptFinal(call_id=self.call_id, t=seg.end, channel=self.channel, start=seg.start, end=seg.end,
-                                  text=result.text, language=result.language, words=words,
-                                  avg_logprob=round(result.avg_logprob, 3)))
+        return TranscriptFinal(call_id=self.call_id, t=seg.end, channel=self.channel, start=seg.start, end=seg.end,
+                               text=result.text, language=result.language, words=words,
+                               avg_logprob=round(result.avg_logprob, 3))
 
     # -- partials --------------------------------------------------------------------------
     def _maybe_partial(self) -> None:
-        """About once a second of speech: a partial decode, and the speech so far for the listener.
-        If the previous partial is still in flight (the worker is busy, or audio arrives faster
-        than real time) the listener gets the audio without waiting for a decode."""
+        """About once a second of speech: a partial decode, and the speech so far.  If the previous
+        partial is still in flight (the worker is busy, or audio arrives faster than real time) the
+        speech so far is handed over without waiting for a decode."""
         start = self.vad.speech_start
         now = self.vad.processed_s
         if start is None or now - start < 0.5:
@@ -237,15 +232,16 @@ class ChannelTranscriber:
             return
         self._last_partial_t = now
         audio = self.buffer.slice(start, now)
-        if self.batch:
-            self._views.append((start, now, audio))
+        if self.policy.defer_views_to_final:
+            if self.voice:
+                self._views.append(SpeechSoFar(self.channel, start, now, audio))
             return
         busy = self._partial_task is not None and not self._partial_task.done()
-        if not self.transcribe or busy or not self.show_partials:
-            if self.listener is not None:  # the voice is graded without waiting for a decode
-                self.listener(audio, start, now, None, False)
+        if not self.transcribe or busy or not self.policy.show_partials:
+            if self.voice:  # the voice is graded without waiting for a decode
+                self.hear(SpeechSoFar(self.channel, start, now, audio))
             return
-        request = DecodeRequest(audio, self.language.current, word_timestamps=False, beam_size=1, embed=self.listener is not None)
+        request = DecodeRequest(audio, self.language.current, word_timestamps=False, beam_size=1, embed=self.voice)
         future = asyncio.wrap_future(self.worker.submit(self._stream_id, request, final=False))
         self._partial_task = asyncio.ensure_future(self._emit_partial(self._utterance, start, now, audio, future))
 
@@ -253,9 +249,9 @@ class ChannelTranscriber:
         result: DecodeResult | None = await future
         if utterance != self._utterance:
             return  # the final already came
-        if self.listener is not None:  # a skipped partial still lets the voice be graded (without the embedding)
-            self.listener(audio, start, end, result.embedding if result else None, False)
-        if result is None or not result.text or not self.show_partials:
-            return  # skipped under load, or nothing heard
-        self.emit(TranscriptPartial(call_id=self.call_id, t=end, channel=self.channel, start=start, end=end,
-                                    text=result.text, language=result.language))
+        partial = None
+        if result is not None and result.text:  # else skipped under load, or nothing heard
+            partial = TranscriptPartial(call_id=self.call_id, t=end, channel=self.channel, start=start, end=end,
+                                        text=result.text, language=result.language)
+        if self.voice or partial is not None:  # a skipped partial still lets the voice be graded (without the embedding)
+            self.hear(SpeechSoFar(self.channel, start, end, audio, result.embedding if result is not None else None, partial))

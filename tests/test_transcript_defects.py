@@ -21,10 +21,12 @@ import soundfile as sf
 
 from calltone.events import TranscriptFinal
 from calltone.pipeline import PipelineOptions, run_recording
-from calltone.speech.asr import SAMPLE_RATE, DecodeOptions, DecodeRequest, repeats_prompt
-from calltone.speech.audio import load_recording
+from calltone.speech.asr import DecodeOptions, DecodeRequest, repeats_prompt
+from calltone.speech.audio import SAMPLE_RATE, load_recording
+from calltone.speech.decoding import LIVE
 from calltone.speech.packing import pack, unpack
 from calltone.speech.streaming import CallLanguage, ChannelTranscriber
+from calltone.speech.utterance import Heard, Utterance
 from calltone.speech.vad import SpeechSegment, StreamingVad
 
 from .conftest import EMOTION_SPEECH, MAKE_CALLS, REPO, require
@@ -141,18 +143,18 @@ class FailFirstFinal:
 
 
 def _channel_finals(runtime, audio: np.ndarray, worker) -> list[TranscriptFinal]:
-    events: list = []
+    heard: list[Heard] = []
 
     async def run() -> None:
         vad = StreamingVad(runtime.settings.vad, runtime.vad_model)
         tr = ChannelTranscriber("fail", "agent", worker, runtime.cpu, vad, CallLanguage("en"), runtime.settings.asr,
-                                events.append, partials=False)
+                                heard.append, policy=LIVE.without_partials())
         for i in range(0, len(audio), SAMPLE_RATE // 2):
             await tr.push(audio[i : i + SAMPLE_RATE // 2])
         await tr.finish()
 
     asyncio.run(run())
-    return [e for e in events if isinstance(e, TranscriptFinal)]
+    return [h.final for h in heard if isinstance(h, Utterance) and h.final is not None]
 
 
 def test_a_failed_decode_loses_only_its_own_utterance(runtime):

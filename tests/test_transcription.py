@@ -18,6 +18,7 @@ from calltone.events import TranscriptFinal, TranscriptPartial
 from calltone.pipeline import PipelineOptions, run_recording
 from calltone.speech.asr import DecodeRequest
 from calltone.speech.audio import load_recording
+from calltone.speech.decoding import LIVE
 
 from .conftest import EMOTION_SPEECH, REPO, SPEECH, require
 
@@ -43,7 +44,7 @@ def text_of(events, channel: str) -> str:
 
 
 def run(runtime, channels, language="en", block_s=0.5, partials=False, realtime=0.0):
-    options = PipelineOptions(language=language, partials=partials)
+    options = PipelineOptions(language=language, decode=LIVE if partials else LIVE.without_partials())
     return asyncio.run(run_recording("test", channels, runtime, options, block_s=block_s, realtime=realtime))
 
 

@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 from calltone.batch.report import CallReport, build_report
 from calltone.events import Event, call_id_from_name
 from calltone.pii import mask_transcript
+from calltone.speech.decoding import RECORDING
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")
 
@@ -101,7 +102,7 @@ async def score_recording(path: Path, runtime, options: ScoreOptions, call_id: s
         audio = {"customer": audio["agent"], "agent": audio["customer"]}
         channels = {"customer": 1, "agent": 0}
     pipe_options = PipelineOptions(language=options.language, roles=list(audio), transcribe=options.transcript,
-                                   batch=True, metadata={"source": str(path), "mono": mono})
+                                   decode=RECORDING, metadata={"source": str(path), "mono": mono})
     events: list[Event] = []
     mask = runtime.settings.privacy.mask_pii
 
