@@ -4,8 +4,11 @@ parameters; ops.anomaly on a seeded spike (alert feed, webhook, once) and not on
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import json
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -22,15 +25,18 @@ from websockets.sync.client import connect
 from calltone.server.app import ServerThread, create_app
 from calltone.server.kpis import KpiRequest, KpiSlotQuery, call_columns, plan, read_slots, report
 from calltone.server.postgres import PostgresRepository
+from calltone.server.replay import read_audio, stream_call
 from calltone.server.sqlbase import SqlRepository
 from calltone.server.sqlite import SqliteRepository
 from calltone.settings import AnomalySettings, PrivacySettings, ServerSettings, Settings
 from calltone.summary import CallSummary, ChannelGrades
 
+from .conftest import EMOTION_SPEECH, MAKE_CALLS, needs_shared, require
 from .pg import PgServer, postgres  # noqa: F401 -- the session's PostgreSQL server
 
-TOKENS = {"supervisor-tok-01": "supervisor:sam", "qa-token-0000001": "qa:quinn", "agent-a1-token-01": "agent:a1"}
-SUP, QA, AGENT = TOKENS
+TOKENS = {"supervisor-tok-01": "supervisor:sam", "qa-token-0000001": "qa:quinn", "agent-a1-token-01": "agent:a1",
+          "ingest-token-0001": "ingest"}
+SUP, QA, AGENT, INGEST = TOKENS
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 
 
@@ -274,6 +280,34 @@ def test_a_periodic_turn_goes_to_one_node_on_sqlite_and_postgresql(tmp_path: Pat
         finally:
             first.close()
             second.close()
+
+
+@needs_shared(EMOTION_SPEECH)
+def test_a_live_call_is_counted_with_the_figures_of_its_summary(server, tmp_path: Path) -> None:
+    """A composed call (the escalate script) streamed through the native websocket: its row's KPI columns come from its
+    call.ended summary, and GET /v1/kpis gives back that summary's figures."""
+    subprocess.run([sys.executable, str(require(MAKE_CALLS)), str(EMOTION_SPEECH), str(tmp_path), "--calls", "4",
+                    "--telephony", "--lang", "en"], check=True, capture_output=True, timeout=120)
+    audio, rate = read_audio(require(tmp_path / "call001-escalate.wav"))
+    before = time.time()
+    ended = asyncio.run(stream_call(server.ws, "kpi-live-1", audio, rate, speed=0.0, token=INGEST, language="en",
+                                    agent_id="a9", metadata={"queue": "care", "direction": "inbound"}, partials=False))
+    assert ended is not None
+    summary = CallSummary.model_validate(ended["summary"])
+    body = kpis(server, **{"from": str(before - 60), "to": str(time.time() + 60)}, queue="care", bucket="week")
+    total, customer = body["total"], summary.grades["customer"]
+    assert total["calls"] == 1 and total["handle_time_s"] == round(summary.duration_s, 4)
+    assert total["escalation_rate"] == (1.0 if summary.escalations else 0.0) and total["alerts"] == summary.escalations
+    assert total["angry_call_share"] == float(customer.reached_angry)
+    assert total["angry_min_per_100_min"] == round(100 * customer.angry_s / summary.duration_s, 4)
+    assert total["peak_index"] == round(customer.peak_index, 4)
+    assert total["silence_share"] == round(summary.silence_s / summary.duration_s, 4)
+    assert total["customer_talk_share"] == round(summary.talk_s["customer"] / sum(summary.talk_s.values()), 4)
+    assert total["interruptions_per_call"] == sum(summary.interruptions.values())
+    assert total["agent_speech_rate"] == (round(summary.agent_speech_rate, 4) if summary.agent_speech_rate else None)
+    assert customer.peak_index > 0 and summary.silence_s > 0 and summary.talk_s["agent"] > 0  # real figures, not zeros
+    by_direction = kpis(server, **{"from": str(before - 60), "to": str(time.time() + 60)}, agent="a9", group_by="direction")
+    assert [(s["group"], s["total"]["calls"]) for s in by_direction["series"]] == [("inbound", 1)]
 
 
 # --------------------------------------------------------------------------- anomalies
