@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from calltone.server.sqlite import SqliteRepository
 from calltone.settings import PrivacySettings, ServerSettings, Settings
 
 from .conftest import REPO
-from .test_kpis import CALLS, SUP, TOKENS, rest, seed, traffic
+from .test_kpis import CALLS, SHANGHAI, SUP, TOKENS, rest, seed, traffic
 
 CHROMIUM = Path("/usr/bin/chromium")
 OUT = REPO / "test-output" / "pages"
@@ -107,6 +108,8 @@ def test_the_anomaly_of_the_spike_is_listed_and_normal_traffic_has_none(browser,
         rows = page.locator("[data-testid=ops-anomalies] tbody tr")
         assert rows.count() == 1  # billing: 8 of 12 calls angry against 8 of 80; sales (1 of 12) and agents: none
         texts = rows.first.locator("td").all_inner_texts()
+        [anomaly] = rest(server, "/v1/anomalies")[1]
+        assert texts[3] == datetime.fromtimestamp(anomaly["window_start"], SHANGHAI).strftime("%Y-%m-%d %H:%M")
         assert texts[1:3] == ["Calls that reached angry", "Queue billing"]
         assert texts[4:] == ["66.7%", "10.0% (4 weeks)", "12 / 80"]
     finally:

@@ -1,6 +1,6 @@
 // Operations: KPIs over time (GET /v1/kpis) in the viewer's time zone, a chart per KPI, a table with CSV export,
 // and the ops.anomaly alerts raised on them (GET /v1/anomalies).  Definitions and units: docs/ops.md.
-import { api, boot, el, fmtClock, fmtDateTime, onLangChange, t } from "./common.js";
+import { api, boot, el, fmtClock, onLangChange, t } from "./common.js";
 
 boot("ops_title");
 const app = document.getElementById("app");
@@ -26,6 +26,7 @@ const KPIS = {
 const TILES = ["calls", "handle_time_s", "escalation_rate", "angry_call_share", "angry_min_per_100_min", "peak_index",
   "barge_in_rate", "ack_time_s"];
 const GROUPS = ["queue", "agent", "language", "direction"];
+const MAX_TICKS = 12;
 const COLORS = ["#1d4ed8", "#c62828", "#1a7f37", "#b35c00", "#7c3aed", "#0891b2", "#be185d", "#4b5563"];
 const fmt = (key, v) => (v == null ? "–" : KPIS[key](v));
 
@@ -57,6 +58,31 @@ function filters() {
 function bucketName(label, bucket) {
   if (bucket === "hour") return label.slice(0, 16).replace("T", " ");
   return bucket === "week" ? t("ops_week_of", { d: label.slice(0, 10) }) : label.slice(0, 10);
+}
+
+/** Unix time `ts` in `tz` as numbers, the table's way: {y, m, d, hm} ("2026", "11", "23", "09:00"). */
+function localParts(ts, tz) {
+  const p = Object.fromEntries(new Intl.DateTimeFormat("en-GB", { timeZone: tz, year: "numeric", month: "2-digit",
+    day: "2-digit", hour: "2-digit", minute: "2-digit", hourCycle: "h23" }).formatToParts(new Date(ts * 1000)).map((x) => [x.type, x.value]));
+  return { y: p.year, m: p.month, d: p.day, hm: `${p.hour}:${p.minute}` };
+}
+
+/** A chart tick: MM-DD, with HH:mm for hours. */
+function tick(ts, tz, bucket) {
+  const p = localParts(ts, tz);
+  return bucket === "hour" ? `${p.m}-${p.d} ${p.hm}` : `${p.m}-${p.d}`;
+}
+
+/** A moment in `tz`: YYYY-MM-DD HH:mm. */
+function localTime(ts, tz) {
+  const p = localParts(ts, tz);
+  return `${p.y}-${p.m}-${p.d} ${p.hm}`;
+}
+
+/** The name of the bucket starting at Unix time `start` of the report (the chart's cursor). */
+function bucketLabel(report, start) {
+  const b = report.series[0]?.buckets.find((x) => x.start === start);
+  return b ? bucketName(b.label, report.bucket) : "–";
 }
 
 function groupName(g, groupBy) { return g == null ? (groupBy ? t("ops_none") : t("ops_all")) : g; }
@@ -124,13 +150,16 @@ function drawChart(node, report, kpi) {
   chart?.destroy();
   const xs = report.series[0]?.buckets.map((b) => b.start) ?? [];
   const tz = report.tz;
+  const step = Math.max(1, Math.ceil(xs.length / MAX_TICKS)); // ticks on bucket starts, at most MAX_TICKS of them
   const series = report.series.map((s, i) => ({ label: groupName(s.group, report.group_by), stroke: COLORS[i % COLORS.length],
     width: 2, spanGaps: false, points: { show: true, size: 5 }, value: (u, v) => fmt(kpi, v) }));
   const opts = {
     width: Math.max(320, node.clientWidth || 900), height: 260, tzDate: (ts) => window.uPlot.tzDate(new Date(ts * 1000), tz),
     scales: { x: { time: true } },
-    axes: [{ grid: { stroke: "#eee" } }, { grid: { stroke: "#eee" }, size: 60, values: (u, vals) => vals.map((v) => fmt(kpi, v)) }],
-    series: [{ value: (u, v) => (v == null ? "–" : bucketName(new Date(v * 1000).toISOString(), "hour")) }, ...series],
+    axes: [{ grid: { stroke: "#eee" }, splits: () => xs.filter((_, i) => i % step === 0),
+      values: (u, ticks) => ticks.map((ts) => tick(ts, tz, report.bucket)) },
+      { grid: { stroke: "#eee" }, size: 60, values: (u, vals) => vals.map((v) => fmt(kpi, v)) }],
+    series: [{ label: t("ops_bucket"), value: (u, v) => (v == null ? "–" : bucketLabel(report, v)) }, ...series],
   };
   const plot = new window.uPlot(opts, [xs, ...report.series.map((s) => s.buckets.map((b) => b[kpi]))], node);
   const ro = new ResizeObserver(() => plot.setSize({ width: Math.max(320, node.clientWidth || 900), height: 260 }));
@@ -138,14 +167,14 @@ function drawChart(node, report, kpi) {
   chart = { destroy: () => { ro.disconnect(); plot.destroy(); } };
 }
 
-function anomalyList(rows) {
+function anomalyList(rows, tz) {
   if (!rows.length) return el("p", { class: "empty", "data-testid": "ops-anomalies" }, t("ops_no_anomalies"));
   return el("table", { class: "grid", "data-testid": "ops-anomalies" },
     el("thead", {}, el("tr", {}, ["ops_a_raised", "ops_a_kpi", "ops_a_scope", "ops_a_hour", "ops_a_value", "ops_a_baseline", "ops_a_calls"]
       .map((k) => el("th", {}, t(k))))),
     el("tbody", {}, rows.map((a) => el("tr", { "data-anomaly": a.alert_id },
-      el("td", {}, fmtDateTime(a.raised_at)), el("td", {}, t(`kpi_${a.kpi}`)),
-      el("td", {}, `${t(`ops_g_${a.scope}`)} ${a.scope_value}`), el("td", {}, fmtDateTime(a.window_start)),
+      el("td", {}, localTime(a.raised_at, tz)), el("td", {}, t(`kpi_${a.kpi}`)),
+      el("td", {}, `${t(`ops_g_${a.scope}`)} ${a.scope_value}`), el("td", {}, localTime(a.window_start, tz)),
       el("td", { class: "num" }, PCT(a.figures.value)),
       el("td", { class: "num" }, `${PCT(a.figures.baseline_value)} (${t("ops_weeks", { n: a.figures.baseline_weeks })})`),
       el("td", { class: "num" }, `${a.figures.calls} / ${a.figures.baseline_calls}`)))));
@@ -170,7 +199,7 @@ function render() {
     el("section", { class: "panel" }, el("div", { class: "row" }, el("h2", {}, t("ops_chart")), pick), chartNode),
     el("section", { class: "panel" }, el("div", { class: "row" }, el("h2", {}, t("ops_table")), el("span", { class: "spacer" }), exportBtn),
       table(report)),
-    el("section", { class: "panel" }, el("h2", {}, t("ops_anomalies")), anomalyList(anomalies)));
+    el("section", { class: "panel" }, el("h2", {}, t("ops_anomalies")), anomalyList(anomalies, report.tz)));
   drawChart(chartNode, report, f.kpi);
 }
 
