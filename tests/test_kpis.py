@@ -310,6 +310,23 @@ def test_a_live_call_is_counted_with_the_figures_of_its_summary(server, tmp_path
     assert [(s["group"], s["total"]["calls"]) for s in by_direction["series"]] == [("inbound", 1)]
 
 
+def test_the_retention_purge_drops_old_anomalies_with_their_deliveries(tmp_path: Path) -> None:
+    repo = SqliteRepository(tmp_path / "calltone.db")
+    try:
+        for name, raised in (("old", 1000.0), ("new", 5000.0)):
+            assert repo.insert_anomaly({"anomaly_id": f"anom-{name}", "kpi": "angry_call_share", "scope": "queue",
+                                        "scope_value": "billing", "bucket_start": raised - 100, "figures": {},
+                                        "raised_at": raised})
+            repo.log_delivery(f"anom-{name}", "http://127.0.0.1:9/hook", "ops.anomaly", 1, True, 204, None)
+        assert not repo.insert_anomaly({"anomaly_id": "anom-new", "kpi": "angry_call_share", "scope": "queue",
+                                        "scope_value": "billing", "bucket_start": 0.0, "figures": {}, "raised_at": 1.0})
+        repo.purge(3000.0)
+        assert [a["anomaly_id"] for a in repo.list_anomalies(0.0)] == ["anom-new"]
+        assert repo.deliveries("anom-old") == [] and len(repo.deliveries("anom-new")) == 1
+    finally:
+        repo.close()
+
+
 # --------------------------------------------------------------------------- anomalies
 
 
