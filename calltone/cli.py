@@ -38,6 +38,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     from calltone.pipeline import PipelineOptions, run_recording
     from calltone.runtime import Runtime
     from calltone.speech.audio import AudioError, load_recording
+    from calltone.speech.decoding import LIVE
 
     settings = _settings(args)
     roles = [r.strip() for r in args.channels.split(",")] if args.channels else None
@@ -51,7 +52,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
                 print(f"calltone: {exc}", file=sys.stderr)
                 failures += 1
                 continue
-            options = PipelineOptions(language=settings.asr.language, partials=False, emotion=False,
+            options = PipelineOptions(language=settings.asr.language, decode=LIVE.without_partials(), emotion=False,
                                       beam_size=settings.asr.offline_beam_size)
             events = asyncio.run(run_recording(Path(path).stem, rec.channels, runtime, options, block_s=30.0))
             finals = sorted((e for e in events if isinstance(e, TranscriptFinal)), key=lambda e: (e.start, e.channel))
@@ -168,7 +169,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     if out.suffix != ".onnx":  # a directory: the standard file names inside it
         out.mkdir(parents=True, exist_ok=True)
         out = out / "emotion.onnx"
-    train.run(Path(args.manifest), out)
+    manifests: list = [Path(p) for p in args.manifest]
+    if args.calls:
+        from calltone.models.training.calls import call_manifest
+
+        clips, problems = call_manifest([Path(c) for c in args.calls], out.parent / "labelled-calls")
+        for path, why in problems:
+            print(f"calltone: {path}: {why}", file=sys.stderr)
+        print(f"calltone: {len(clips.rows)} customer segment(s) from labelled calls -> {clips.root}", file=sys.stderr)
+        manifests.append(clips)
+    if not manifests:
+        print("calltone: give --manifest (clip corpora) and/or --calls (labelled calls)", file=sys.stderr)
+        return 2
+    train.run(manifests, out)
     return 0
 
 
@@ -290,7 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_schema)
 
     tr = sub.add_parser("train", help="train the emotion classifier and export ONNX")
-    tr.add_argument("--manifest", required=True)
+    tr.add_argument("--manifest", action="append", default=[], help="clip manifest (CSV); may be given more than once")
+    tr.add_argument("--calls", action="append", default=[], metavar="DIR",
+                    help="folder of labelled calls (the eval --calls format): their customer segments train too")
     tr.add_argument("--out", required=True, help="output directory (e.g. models/) or .onnx file; the prosody-only model goes beside it")
     tr.set_defaults(func=cmd_train)
 

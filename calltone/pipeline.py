@@ -4,6 +4,14 @@ A live call pushes each websocket frame as it arrives; a recording is pushed in
 blocks as fast as the workers take it.  Either way the pipeline runs, per channel,
 VAD -> transcription (shared ASR worker) -> emotion (shared CPU pool) and hands
 typed events (``calltone.events``) to ``emit`` with call-relative times.
+
+Each channel's transcriber hands the pipeline typed items (``calltone.speech.utterance``):
+the speech so far goes to the speaker's emotion channel, then its partial (if any) is
+published; a finished utterance goes to the emotion channel (its text cues at once, its
+voice score scheduled in the CPU pool, what it said travelling with that score), then its
+``transcript.final`` is published, so the final never waits for the voice score.  How
+speech is decoded (live or a recording) is one :class:`~calltone.speech.decoding.DecodePolicy`
+chosen for the whole call (``PipelineOptions.decode``).
 """
 
 from __future__ import annotations
@@ -16,25 +24,26 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from calltone.emotion.channel import EmotionChannel
-from calltone.events import CallEnded, CallStarted, Event, TranscriptFinal
+from calltone.events import CallEnded, CallStarted, Event
 from calltone.runtime import Runtime
+from calltone.speech.audio import SAMPLE_RATE
+from calltone.speech.decoding import LIVE, DecodePolicy
 from calltone.speech.streaming import CallLanguage, ChannelTranscriber
+from calltone.speech.utterance import Heard, Utterance
 from calltone.speech.vad import StreamingVad
-
-SAMPLE_RATE = 16000
 
 
 class PipelineOptions(BaseModel):
     language: str = Field("auto", description="zh, en or auto (detected once, then fixed)")
     roles: list[str] = Field(default_factory=lambda: ["customer", "agent"])
     transcribe: bool = True
-    partials: bool = True
     emotion: bool = True
     beam_size: int | None = None
     agent_id: str | None = None
     metadata: dict = Field(default_factory=dict)
-    batch: bool = Field(False, description="a recording scored offline: no partial decodes, background ASR priority "
-                                           "(voice graded at the same call times as live; see speech/streaming.py)")
+    decode: DecodePolicy = Field(LIVE, description="how speech is decoded: LIVE (LIVE.without_partials() for a producer "
+                                                   "that wants none) or RECORDING (a file scored offline); "
+                                                   "see speech/decoding.py")
 
 
 @dataclass
@@ -53,7 +62,7 @@ class CallPipeline:
         self.call_id = call_id
         self.runtime = runtime
         self.options = options
-        self._emit = emit
+        self.emit = emit
         self.language = CallLanguage(options.language if runtime.asr.engine.multilingual else "en")
         s = runtime.settings
         self.channels: dict[str, ChannelState] = {}
@@ -62,19 +71,27 @@ class CallPipeline:
             emotion = None
             if options.emotion and runtime.emotion.scores(role):
                 emotion = EmotionChannel(call_id, role, runtime.emotion, runtime.cpu, self.emit, lambda: self.language.current)
-            tr = ChannelTranscriber(call_id, role, runtime.asr, runtime.cpu, vad, self.language, s.asr, self.emit,
-                                    partials=options.partials and role in s.asr.partial_roles, beam_size=options.beam_size,
-                                    transcribe=options.transcribe, listener=emotion.score_voice if emotion else None,
-                                    batch=options.batch)
+            decode = options.decode if role in s.asr.partial_roles else options.decode.without_partials()
+            tr = ChannelTranscriber(call_id, role, runtime.asr, runtime.cpu, vad, self.language, s.asr, self._hear,
+                                    policy=decode, voice=emotion is not None, beam_size=options.beam_size,
+                                    transcribe=options.transcribe)
             self.channels[role] = ChannelState(role, tr, emotion)
         self._started = False
 
-    def emit(self, event: Event) -> None:
-        if isinstance(event, TranscriptFinal):
-            ch = self.channels.get(event.channel)
-            if ch is not None and ch.emotion is not None:
-                ch.emotion.on_final(event)  # text cues before the utterance's voice score
-        self._emit(event)
+    def _hear(self, item: Heard) -> None:
+        """Route what a channel heard: first to the speaker's emotion channel (an utterance's text cues, then its
+        voice score, scheduled in the CPU pool), then its transcript out."""
+        emotion = self.channels[item.channel].emotion
+        if isinstance(item, Utterance):
+            if emotion is not None:
+                emotion.hear(item)
+            if item.final is not None:
+                self.emit(item.final)
+            return
+        if emotion is not None:
+            emotion.hear_so_far(item)
+        if item.partial is not None:
+            self.emit(item.partial)
 
     def start(self) -> None:
         self._started = True
@@ -128,12 +145,10 @@ class CallPipeline:
         return {r: [(s.start, s.end) for s in c.transcriber.segments] for r, c in self.channels.items()}
 
     def summary(self) -> dict:
-        return {
-            "duration_s": round(self.duration_s, 3),
-            "language": self.language.current or self.options.language,
-            "talk_s": {r: round(sum(s.duration for s in c.transcriber.segments), 3) for r, c in self.channels.items()},
-            "emotion": {r: c.emotion.summary() for r, c in self.channels.items() if c.emotion is not None},
-        }
+        """What only the pipeline knows of the call: its length and language.  Whoever keeps the call's events
+        completes it into the call summary (``calltone.summary.summarize`` with :meth:`speech`): the live call
+        (``server/calls.py``) and the batch report (``calltone/batch/report.py``)."""
+        return {"duration_s": round(self.duration_s, 3), "language": self.language.current or self.options.language}
 
 
 async def feed_recording(pipe: CallPipeline, channels: dict[str, np.ndarray], block_s: float = 0.5,
@@ -141,9 +156,9 @@ async def feed_recording(pipe: CallPipeline, channels: dict[str, np.ndarray], bl
                          hold_back: bool = False) -> None:
     """Push a whole recording (16 kHz per role) through ``pipe`` and finish the call.
 
-    ``realtime`` = 0 feeds as fast as the workers take it.  A live-mode pipeline then waits
+    ``realtime`` = 0 feeds as fast as the workers take it.  A live-policy pipeline then waits
     for each block's partial work, so that the result is the same as if the call were live;
-    a batch-mode pipeline (``PipelineOptions.batch``) needs no waiting.  1.0 paces blocks
+    a pipeline whose voice views wait for their utterance's decode (``RECORDING``) needs no waiting.  1.0 paces blocks
     at real time.  ``progress`` gets the seconds of audio pushed so far.  ``hold_back`` (a batch
     pipeline sharing its process with live calls) keeps the feed at most two batches ahead of
     the ASR worker, so that its VAD and emotion work do not fill the CPU pool live calls use.
@@ -155,7 +170,7 @@ async def feed_recording(pipe: CallPipeline, channels: dict[str, np.ndarray], bl
     for i in range(0, n, step):
         await pipe.push({r: x[i : i + step] for r, x in channels.items() if i < len(x)})
         if realtime <= 0:
-            if not pipe.options.batch:
+            if not pipe.options.decode.defer_views_to_final:
                 await pipe.settle()
             elif hold_back:
                 while pipe.runtime.asr.background_queued > 2 * pipe.runtime.asr.max_batch:

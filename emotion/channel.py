@@ -3,30 +3,37 @@
 ``EmotionModels`` is loaded once per process (ONNX classifiers, lexicon, configs,
 guidance cards).  ``EmotionChannel`` is per scored speaker: it receives
 
-* the speaker's speech as the transcriber decodes it (``score_voice``: the audio of
-  the utterance so far, about once a second, and of each whole utterance), with the
-  Whisper encoder embedding of that audio when one was computed, and
-* each final transcript (``on_final``) for the phrase lexicon,
+* the utterance so far, about once a second (``hear_so_far``: a
+  :class:`~calltone.speech.utterance.SpeechSoFar`), and
+* each finished utterance (``hear``: a :class:`~calltone.speech.utterance.Utterance`,
+  with its final transcript when there is one),
 
-and emits ``emotion.update``, ``guidance``, ``escalation.raised`` and
-``escalation.cleared`` events.  Feature extraction and ONNX inference run in the
-CPU pool; the tracker, fusion and escalation logic are cheap and run on the loop.
+each with the Whisper encoder embedding of its audio when one was computed.  An
+utterance's text cues (the phrase lexicon, repeated questions) are taken at once; its
+voice score follows, and the escalation policy gets what the utterance said together
+with that score, stamped with the utterance's end.  It emits ``emotion.update``,
+``guidance``, ``escalation.raised`` and ``escalation.cleared`` events.  Feature
+extraction and ONNX inference run in the CPU pool; the tracker, fusion and escalation
+logic are cheap and run on the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from calltone.events import Cue, Event, Probs, TranscriptFinal
+from calltone.events import GRADES, Cue, Event, Probs
 from calltone.settings import EmotionSettings
+from calltone.speech.audio import SAMPLE_RATE
 
-SAMPLE_RATE = 16000
+if TYPE_CHECKING:
+    from calltone.emotion.lexicon import PhraseMatch
+    from calltone.speech.utterance import SpeechSoFar, Utterance
+
 VOICE_WINDOW_S = 6.0  # prosody looks at the last 6 s of the utterance
 MIN_VOICE_S = 1.0  # pitch and rate statistics over less speech are noise
 
@@ -75,17 +82,34 @@ class VoiceScore:
     model: str
 
 
-@dataclass
-class GradeTime:
-    """Seconds of speech spent in each grade, and the peaks (for call summaries)."""
+@dataclass(frozen=True)
+class Said:
+    """What one utterance said, stamped with its end: its phrase matches and its text."""
 
-    seconds: Counter = field(default_factory=Counter)
-    peak_index: float = 0.0
-    peak_grade: str = "calm"
-    escalations: int = 0
+    t: float
+    phrases: tuple[PhraseMatch, ...]
+    text: str
 
 
-_ORDER = {"calm": 0, "anxious": 1, "angry": 2}
+@dataclass(frozen=True)
+class _Heard:
+    """One voice score to make: speech heard up to ``t``; for a whole utterance, what it said."""
+
+    t: float
+    embedding: np.ndarray | None
+    whole: bool
+    said: Said | None = None
+
+
+def voice_features(audio: np.ndarray) -> np.ndarray | None:
+    """Prosody features of the last VOICE_WINDOW_S of ``audio``; None when too short or silent to grade."""
+    from calltone.emotion.features import extract_features
+
+    window = audio[-int(VOICE_WINDOW_S * SAMPLE_RATE) :]
+    if len(window) < int(MIN_VOICE_S * SAMPLE_RATE):
+        return None
+    features = extract_features(window, SAMPLE_RATE)
+    return features if np.any(features) else None
 
 
 class EmotionChannel:
@@ -106,33 +130,19 @@ class EmotionChannel:
         self.tracker = EmotionTracker(channel=channel, call_id=call_id, config=models.tracker)
         self.policy = EscalationPolicy(channel=channel, call_id=call_id, config=models.escalation)
         self.guide = GuidanceEmitter(models.guidance, channel=channel, call_id=call_id, language=language() or "auto")
-        self._phrases: list = []
-        self._text: str | None = None
         self._last_t = -1.0
-        self._last_state_t: float | None = None
-        self._last_grade = "calm"
         self._chain: asyncio.Future | None = None
-        self.grades = GradeTime()
 
     # -- inputs ------------------------------------------------------------------------------
-    def on_final(self, final: TranscriptFinal) -> None:
-        """Text cues from a final transcript of this speaker."""
-        matches = self.models.lexicon.match(final.text)
-        rep = self.repeat.add(final.end, final.text)
-        if rep is not None:
-            matches.append(rep)
-        matches = [m.at(final.end) for m in matches]
-        self.fuser.add_text(final.end, matches)
-        self._phrases.extend(matches)
-        self._text = final.text
+    def hear_so_far(self, speech: SpeechSoFar) -> None:
+        """The utterance so far (about once a second): its voice score, applied in order."""
+        self._score_voice(speech.audio, _Heard(speech.end, speech.embedding, whole=False))
 
-    def score_voice(self, audio: np.ndarray, start: float, end: float, embedding: np.ndarray | None, whole: bool) -> None:
-        """Schedule scoring of speech heard from ``start`` to ``end`` (call time); results apply in order.
-        (A :class:`calltone.speech.streaming.SpeechListener`.)"""
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self.cpu, self._score, audio, end, embedding, whole)
-        previous = self._chain
-        self._chain = asyncio.ensure_future(self._apply(future, previous))
+    def hear(self, utterance: Utterance) -> None:
+        """A finished utterance: its text cues at once (fusion counts them from the utterance's end), then its
+        voice score; what it said goes to the escalation policy with that score, at the utterance's time."""
+        said = self._text_cues(utterance.end, utterance.text) if utterance.text else None
+        self._score_voice(utterance.audio, _Heard(utterance.end, utterance.embedding, whole=True, said=said))
 
     async def drain(self) -> None:
         if self._chain is not None:
@@ -143,19 +153,29 @@ class EmotionChannel:
             self._send(ev)
 
     def close(self, t: float) -> None:
-        for ev in self.policy.close(t, "call ended"):
+        for ev in self.policy.close(t):
             self._send(ev)
 
-    # -- scoring (CPU pool) -----------------------------------------------------------------
-    def _score(self, audio: np.ndarray, t_end: float, embedding: np.ndarray | None, whole: bool) -> VoiceScore | None:
-        from calltone.emotion.features import extract_features
+    # -- text cues (on the loop: a lexicon lookup) ----------------------------------------------
+    def _text_cues(self, t: float, text: str) -> Said:
+        matches = self.models.lexicon.match(text)
+        rep = self.repeat.add(t, text)
+        if rep is not None:
+            matches.append(rep)
+        matches = [m.at(t) for m in matches]
+        self.fuser.add_text(t, matches)
+        return Said(t, tuple(matches), text)
 
-        window = audio[-int(VOICE_WINDOW_S * SAMPLE_RATE) :]
-        if len(window) < int(MIN_VOICE_S * SAMPLE_RATE):
-            return None
-        features = extract_features(window, SAMPLE_RATE)
-        if not np.any(features):
-            return None
+    # -- voice scores (CPU pool) ------------------------------------------------------------------
+    def _score_voice(self, audio: np.ndarray, heard: _Heard) -> None:
+        """Features in the CPU pool at once (several may run in parallel); the score itself reads and updates
+        the speaker baseline, so scores are made, and applied, in the order the speech was heard."""
+        features = asyncio.get_running_loop().run_in_executor(self.cpu, voice_features, audio)
+        previous = self._chain
+        self._chain = asyncio.ensure_future(self._apply(features, previous, heard))
+
+    def _classify(self, features: np.ndarray, heard: _Heard) -> VoiceScore:
+        embedding = heard.embedding
         if embedding is not None and embedding.shape[-1] != self.models.main.embedding_dim:
             embedding = None  # another Whisper size than the model was trained with (e.g. tiny.en): the voice alone
         if embedding is not None:
@@ -164,54 +184,48 @@ class EmotionChannel:
         else:
             clf, baseline, kind = self.models.prosody, self.baseline_prosody, "voice"
             probs = clf.predict_proba(features[None], baseline)[0]
-        grade = ("calm", "anxious", "angry")[int(np.argmax(probs))]
+        grade = GRADES[int(np.argmax(probs))]
         explained = (clf.explain(features, baseline, toward=grade)  # the cues that point to this score's grade
                      or clf.explain(features, baseline, min_z=0.5, toward=grade)
                      or clf.explain(features, baseline, min_z=0.0))  # always say why
         cues = [Cue(**{k: c[k] for k in ("name", "label", "value", "unit", "z") if k in c}) for c in explained]
-        if whole:  # the speaker baseline learns from whole utterances (as in training), after scoring them
+        if heard.whole:  # the speaker baseline learns from whole utterances (as in training), after scoring them
             self.baseline_main.update(features, embedding=embedding)
             self.baseline_prosody.update(features)
-        return VoiceScore(t_end, Probs(calm=float(probs[0]), anxious=float(probs[1]), angry=float(probs[2])), cues, kind)
+        return VoiceScore(heard.t, Probs(**{g: float(p) for g, p in zip(GRADES, probs)}), cues, kind)
 
-    async def _apply(self, future, previous) -> None:
-        score: VoiceScore | None = await future
+    async def _apply(self, features_future: asyncio.Future, previous: asyncio.Future | None, heard: _Heard) -> None:
+        features: np.ndarray | None = await features_future
         if previous is not None:
             await previous
+        score = None
+        if features is not None:
+            score = await asyncio.get_running_loop().run_in_executor(self.cpu, self._classify, features, heard)
         if score is None or score.t < self._last_t:
+            self._observe_said(heard.said)
             return
         self._last_t = score.t
         fused = self.fuser.fuse(score.t, score.probs, score.cues)
         state = self.tracker.update(score.t, fused.probs, fused.cues)
-        self._account(state)
         if state.event is not None:
             self._send(state.event)
         guidance = self.guide.update(state, language=self.language())
         if guidance is not None:
             self._send(guidance)
-        for ev in self.policy.update(state, self._phrases, self._text):
+        said = heard.said
+        for ev in self.policy.update(state, said.phrases if said else (), said.text if said else None):
             self._send(ev)
-        self._phrases, self._text = [], None
 
-    def _account(self, state) -> None:
-        if self._last_state_t is not None:
-            self.grades.seconds[self._last_grade] += min(2.0, max(0.0, state.t - self._last_state_t))
-        self._last_state_t, self._last_grade = state.t, state.grade
-        if state.index > self.grades.peak_index:
-            self.grades.peak_index = round(state.index, 1)
-        if _ORDER[state.grade] > _ORDER[self.grades.peak_grade]:
-            self.grades.peak_grade = state.grade
+    def _observe_said(self, said: Said | None) -> None:
+        """An utterance whose own voice score does not count (too short or quiet to grade, or older than the
+        update already applied): what it said still reaches the escalation policy now, with the tracker's
+        latest state (no new voice evidence: no cues, nothing to emit)."""
+        state = self.tracker.state
+        if said is None or state is None:
+            return
+        state = replace(state, previous_grade=state.grade, cues=(), event=None)
+        for ev in self.policy.update(state, said.phrases, said.text):
+            self._send(ev)
 
     def _send(self, event: Event) -> None:
-        if event.type == "escalation.raised":
-            self.grades.escalations += 1
         self.emit(event)
-
-    def summary(self) -> dict:
-        total = sum(self.grades.seconds.values())
-        return {
-            "grade_share": {g: round(self.grades.seconds[g] / total, 3) if total else 0.0 for g in ("calm", "anxious", "angry")},
-            "peak_grade": self.grades.peak_grade,
-            "peak_index": self.grades.peak_index,
-            "escalations": self.grades.escalations,
-        }

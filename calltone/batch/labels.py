@@ -50,6 +50,8 @@ class LabelledCall(BaseModel):
     escalation_onset_s: float | None = Field(None, ge=0, description="when the caller turned angry; "
                                              "an alert is expected from then on")
     kind: str | None = None
+    customer_speaker: str | None = Field(None, description="who the customer is, when known (groups a caller's "
+                                         "calls in training)")
 
     @property
     def customer_channel(self) -> int:

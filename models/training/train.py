@@ -183,18 +183,22 @@ class Config:
 
 
 class Data:
-    """All cached arrays for a manifest."""
+    """All cached arrays for one or more manifests (each cached on its own: adding a contact centre's
+    labelled calls to the corpora does not recompute the corpora's features)."""
 
-    def __init__(self, m: Manifest, variants: list[str], embedding: bool = False, progress: bool = True) -> None:
-        self.m = m
-        self.speaker = m.col("speaker")
-        self.corpus = m.col("corpus")
-        self.lang = m.col("lang")
-        self.emotion = m.col("emotion")
+    def __init__(self, m: Manifest | list[Manifest], variants: list[str], embedding: bool = False, progress: bool = True) -> None:
+        parts = m if isinstance(m, list) else [m]
+        rows = [r for p in parts for r in p.rows]
+
+        def col(name: str) -> np.ndarray:
+            return np.array([r.get(name, "") for r in rows])
+
+        self.speaker, self.corpus, self.lang, self.emotion = col("speaker"), col("corpus"), col("lang"), col("emotion")
         self.cls = np.array([EMO_TO_CLASS.get(e, "other") for e in self.emotion])
-        self.grade_idx = np.array([GRADES.index(g) if g in GRADES else -1 for g in m.col("grade")])
-        self.X = {v: features_for(m, v, progress=progress) for v in variants}
-        self.E = {v: embeddings_for(m, v, progress=progress) for v in variants if v in ("clean", "tel")} if embedding else {}
+        self.grade_idx = np.array([GRADES.index(g) if g in GRADES else -1 for g in col("grade")])
+        self.X = {v: np.concatenate([features_for(p, v, progress=progress) for p in parts]) for v in variants}
+        self.E = ({v: np.concatenate([embeddings_for(p, v, progress=progress) for p in parts]) for v in variants
+                   if v in ("clean", "tel")} if embedding else {})
 
 
 def _emb_variant(d: Data, variant: str) -> str:
@@ -276,6 +280,8 @@ def cross_validate(d: Data, cfg: Config, eval_variants=("clean", "tel"), n_folds
     t0 = time.time()
     gcfg = gate_config(cfg)
     for k, test in enumerate(folds):
+        if len(test) == 0:  # fewer speakers than folds
+            continue
         train = np.setdiff1d(np.arange(n), test)
         X, y, ps = train_rows(d, train, cfg, seed=k)
         model = make_model(cfg.kind, cfg.C, seed=k, pca=cfg.pca).fit(X, y)
@@ -420,6 +426,7 @@ def fit_and_export(d: Data, cfg: Config, out: Path, cv: dict, extra_meta: dict |
         "training_data": {
             "clips": int(len(idx)),
             "speakers": sorted(set(d.speaker[idx].tolist())),
+            "labelled_call_clips": int(np.sum(d.corpus[idx] == "calls")),
             "corpora": {
                 "emodb": "EmoDB, German, 10 speakers; TU Berlin, for research",
                 "ravdess": "RAVDESS speech, English, actors 01-18; CC BY-NC-SA 4.0 (non-commercial, share-alike)",
@@ -439,7 +446,7 @@ def fit_and_export(d: Data, cfg: Config, out: Path, cv: dict, extra_meta: dict |
 
 
 def run(
-    manifest: Path,
+    manifest: Path | Manifest | list[Path | Manifest],
     out: Path,
     telephony_aug: bool = True,
     embedding: bool = True,
@@ -453,6 +460,9 @@ def run(
 ) -> dict:
     """Train + cross-validate + export. Returns the sidecar dict of the main model.
 
+    ``manifest``: one clip manifest or several (e.g. the corpora plus
+    :func:`calltone.models.training.calls.call_manifest` of a contact centre's labelled calls).
+
     Prosody-only model: ``kind``/``C`` (default RBF-SVM, C=1). With ``embedding=True`` (default)
     the main model ``out`` takes [prosody ‖ Whisper embedding] (``emb_kind``/``emb_C``, default
     logistic regression C=0.01) and the prosody-only model goes to ``<out dir>/emotion_prosody.onnx``;
@@ -462,8 +472,8 @@ def run(
     ``select=True`` tries a small grid of (kind, C) under the same CV (mean clean+telephone UAR).
     Features / embeddings are cached under /tmp (CALLTONE_FEATURE_CACHE).
     """
-    manifest, out = Path(manifest), Path(out)
-    m = load_manifest(manifest)
+    out = Path(out)
+    m = [load_manifest(Path(p)) if not isinstance(p, Manifest) else p for p in (manifest if isinstance(manifest, list) else [manifest])]
     variants = ["clean", "tel"] + (["aug_tel", "aug_clean"] if telephony_aug else ["aug_clean"])
     d = Data(m, variants, embedding=embedding, progress=verbose)
     base = dict(classes=classes or list(GRADES), tel_aug=telephony_aug)
