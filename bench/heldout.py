@@ -73,14 +73,17 @@ def train_folds(work: Path, folds: list[list[str]]) -> None:
         print(f"fold {k}: model without {', '.join(folds[k])} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
 
 
-def _speaker_corpus(work: Path, speaker: str) -> Path:
-    """A corpus folder with one speaker's clips (manifest + links to the clips)."""
-    corpus = work / "corpora" / speaker
+def _speaker_corpus(work: Path, speaker: str, cheerful: bool = False) -> Path:
+    """A corpus folder with one speaker's clips (manifest + links to the clips); ``cheerful``: their
+    happiness and surprise clips count as calm too (make_calls.py then mixes them into calm turns)."""
+    corpus = work / ("corpora-cheerful" if cheerful else "corpora") / speaker
     if (corpus / "manifest.csv").exists():
         return corpus
     corpus.mkdir(parents=True, exist_ok=True)
     with open(CORPUS / "manifest.csv", encoding="utf-8") as f:
         rows = [r for r in csv.DictReader(f) if r["speaker"] == speaker]
+    if cheerful:
+        rows = [{**r, "grade": "calm"} if r["emotion"] in ("happiness", "surprise") else r for r in rows]
     with open(corpus / "manifest.csv", "w", encoding="utf-8", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -113,7 +116,24 @@ def compose(work: Path, k: int, speakers: list[str], which: str) -> Path:
             for ext in (".wav", ".json"):
                 (tmp / f"{name}{ext}").rename(out / f"{dest}{ext}")
             shutil.rmtree(tmp)
+        _cheerful_call(work, k, j, speaker, which, out)
     return out
+
+
+def _cheerful_call(work: Path, k: int, j: int, speaker: str, which: str, out: Path) -> None:
+    """A steady call whose calm turns mix the speaker's neutral, happy and surprised clips (graded calm:
+    a cheerful caller must not read as an angry one)."""
+    seed, offset = SEEDS[which]
+    telephony, channel = CONDITIONS[(j + offset) % len(CONDITIONS)]
+    tmp = work / "tmp" / f"{speaker}-cheerful"
+    cmd = [sys.executable, str(SHARED / "tools" / "make_calls.py"), str(_speaker_corpus(work, speaker, cheerful=True)),
+           str(tmp), "--calls", "1", "--seed", str(seed * 1000 + 10 * j + 7 + 100 * k), "--customer-channel", str(channel)]
+    subprocess.run(cmd + (["--telephony"] if telephony else []), check=True, capture_output=True)
+    dest = out / f"{speaker}-{'8k' if telephony else '16k'}-ch{channel}-cheerful"
+    (tmp / "call000-steady.wav").rename(dest.with_suffix(".wav"))
+    truth = json.loads((tmp / "call000-steady.json").read_text())
+    (dest.with_suffix(".json")).write_text(json.dumps({**truth, "kind": "cheerful"}, ensure_ascii=False, indent=1))
+    shutil.rmtree(tmp)
 
 
 def score_fold(work: Path, k: int, calls: Path, workers: int | None) -> list:

@@ -120,7 +120,7 @@ class Guidance(EventBase):
     card: GuidanceCard
 
 
-RaiseCode = Literal["angry_sustained", "index_rise", "phrase"]
+RaiseCode = Literal["angry_confirmed", "angry_sustained", "index_rise", "phrase"]
 ClearCode = Literal["calm", "call_ended"]
 
 

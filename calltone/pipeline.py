@@ -74,7 +74,7 @@ class CallPipeline:
             decode = options.decode if role in s.asr.partial_roles else options.decode.without_partials()
             tr = ChannelTranscriber(call_id, role, runtime.asr, runtime.cpu, vad, self.language, s.asr, self._hear,
                                     policy=decode, voice=emotion is not None, beam_size=options.beam_size,
-                                    transcribe=options.transcribe)
+                                    transcribe=options.transcribe, voice_views=s.emotion.score_speech_so_far)
             self.channels[role] = ChannelState(role, tr, emotion)
         self._started = False
 
@@ -88,7 +88,7 @@ class CallPipeline:
             if item.final is not None:
                 self.emit(item.final)
             return
-        if emotion is not None:
+        if emotion is not None and self.runtime.settings.emotion.score_speech_so_far:
             emotion.hear_so_far(item)
         if item.partial is not None:
             self.emit(item.partial)

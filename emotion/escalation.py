@@ -42,6 +42,16 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class AngryConfirmedRule(_Section):
+    """The caller sounds angry and it is confirmed: one utterance read angry with smoothed p(angry) >= min_p_angry,
+    or ``count`` updates read angry within ``window_s`` (the voice may read anxious in between)."""
+
+    enabled: bool = True
+    min_p_angry: float = Field(0.8, ge=0.0, le=1.0)
+    count: int = Field(3, ge=1)
+    window_s: float = Field(30.0, gt=0.0)
+
+
 class AngrySustainedRule(_Section):
     enabled: bool = True
     min_s: float = Field(3.0, ge=0.0)
@@ -77,8 +87,9 @@ class EvidenceConfig(_Section):
 class EscalationConfig(TomlConfig):
     score_agent: bool = Field(False, description="track and escalate the agent channel too (opt-in)")
     cooldown_s: float = Field(60.0, ge=0.0)
-    angry_sustained: AngrySustainedRule = AngrySustainedRule()
-    index_rise: IndexRiseRule = IndexRiseRule()
+    angry_confirmed: AngryConfirmedRule = AngryConfirmedRule()
+    angry_sustained: AngrySustainedRule = AngrySustainedRule(enabled=False)
+    index_rise: IndexRiseRule = IndexRiseRule(enabled=False)
     phrase: PhraseRule = PhraseRule()
     clear: ClearRule = ClearRule()
     evidence: EvidenceConfig = EvidenceConfig()
@@ -113,6 +124,9 @@ def reason_text(code: RaiseCode | ClearCode, f: dict) -> str:
     """The legacy English sentence of a reason code and its figures (pages say it in the viewer's language)."""
     if code == "phrase":
         return f"caller said \u201c{f['phrase']}\u201d ({f['label']}) while {f['grade']}"
+    if code == "angry_confirmed":
+        return (f"caller angry (p {whole(100 * f['p_angry'])} %)" if f.get("angry_updates", 0) < 2
+                else f"caller angry {f['angry_updates']} times in {whole(f['window_s'])} s")
     if code == "angry_sustained":
         return f"caller angry for {whole(f['angry_s'])} s"
     if code == "index_rise":
@@ -135,6 +149,7 @@ class EscalationPolicy:
     _cues: deque[tuple[float, Cue]] = field(default_factory=deque, init=False, repr=False)
     _phrases: deque[PhraseMatch] = field(default_factory=deque, init=False, repr=False)
     _words: deque[tuple[float, str]] = field(default_factory=deque, init=False, repr=False)
+    _angry: deque[float] = field(default_factory=deque, init=False, repr=False)  # times of updates graded angry
     _last: TrackerState | None = field(default=None, init=False, repr=False)
     _active: str | None = field(default=None, init=False, repr=False)
     _active_since: float | None = field(default=None, init=False, repr=False)
@@ -203,6 +218,10 @@ class EscalationPolicy:
                 self._phrases.append(p if p.t is not None else p.at(t))
         if text:
             self._words.append((t, text))
+        if state.grade == "angry":
+            self._angry.append(t)
+        while self._angry and t - self._angry[0] > self.config.angry_confirmed.window_s + _EPS:
+            self._angry.popleft()
         for dq in (self._index, self._cues, self._words):
             while dq and t - dq[0][0] > keep:
                 dq.popleft()
@@ -230,6 +249,10 @@ class EscalationPolicy:
                         {"phrase_t": p.t},
                     )
                 )
+        r1 = cfg.angry_confirmed
+        if r1.enabled and s.grade == "angry" and (s.probs.angry >= r1.min_p_angry - _EPS or len(self._angry) >= r1.count):
+            out.append(_Firing("angry_confirmed", {"p_angry": round(s.probs.angry, 2), "angry_updates": len(self._angry),
+                                                   "window_s": round(s.t - self._angry[0], 1)}, {"angry_since": s.grade_since}))
         r2 = cfg.angry_sustained
         if r2.enabled and s.grade == "angry":
             dur = s.t - s.grade_since

@@ -28,16 +28,16 @@ _EPS = 1e-9
 
 class TrackerConfig(TomlConfig):
     # smoothing
-    tau_s: float = Field(1.5, gt=0.0, description="time constant (s) of the exponential smoothing of probabilities")
+    tau_s: float = Field(0.3, gt=0.0, description="time constant (s) of the exponential smoothing of probabilities")
     max_gap_s: float = Field(1.5, gt=0.0, description="a longer gap between updates (silence) counts as this long")
     # hysteresis (on smoothed probabilities)
-    angry_enter: float = Field(0.50, description="smoothed p_angry at/above which angry may be entered")
+    angry_enter: float = Field(0.40, description="smoothed p_angry at/above which angry may be entered")
     angry_exit: float = Field(0.35, description="smoothed p_angry below which angry may be left")
-    upset_enter: float = Field(0.50, description="smoothed p_anxious + p_angry at/above which calm -> anxious")
+    upset_enter: float = Field(0.40, description="smoothed p_anxious + p_angry at/above which calm -> anxious")
     upset_exit: float = Field(0.35, description="smoothed p_anxious + p_angry below which anxious -> calm")
-    angry_dwell_s: float = Field(1.0, ge=0.0, description="speech seconds the angry condition must hold to enter angry")
-    anxious_dwell_s: float = Field(1.0, ge=0.0, description="speech seconds the upset condition must hold to enter anxious")
-    exit_dwell_s: float = Field(2.0, ge=0.0, description="speech seconds below the exit threshold before a grade is lowered")
+    angry_dwell_s: float = Field(0.0, ge=0.0, description="speech seconds the angry condition must hold to enter angry")
+    anxious_dwell_s: float = Field(0.0, ge=0.0, description="speech seconds the upset condition must hold to enter anxious")
+    exit_dwell_s: float = Field(0.0, ge=0.0, description="speech seconds below the exit threshold before a grade is lowered")
     # index and trend
     index_anxious_weight: float = Field(0.5, ge=0.0, le=1.0, description="index = 100*(w*p_anxious + p_angry)")
     trend_window_s: float = Field(20.0, gt=0.0, description="least-squares window (call seconds) for the trend")

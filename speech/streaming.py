@@ -103,19 +103,21 @@ class CallLanguage:
 class ChannelTranscriber:
     """VAD + partial/final decoding for one channel, by ``policy``; what it hears goes to ``hear``.
 
-    ``voice``: the channel's voice is graded, so the speech so far is handed over about once a
-    second and decodes also return the encoder embedding.  With ``transcribe=False`` nothing is
-    decoded, but the speech is still handed over (so the voice alone can be graded)."""
+    ``voice``: the channel's voice is graded, so decodes also return the encoder embedding; with
+    ``voice_views`` the speech so far is handed over about once a second too (for a voice score
+    during the utterance).  With ``transcribe=False`` nothing is decoded, but the speech is still
+    handed over (so the voice alone can be graded)."""
 
     def __init__(self, call_id: str, channel: str, worker: AsrWorker, cpu: Executor, vad: StreamingVad,
                  language: CallLanguage, settings: AsrSettings, hear: Callable[[Heard], None],
                  policy: DecodePolicy = LIVE, voice: bool = False, beam_size: int | None = None,
-                 transcribe: bool = True) -> None:
+                 transcribe: bool = True, voice_views: bool = False) -> None:
         self.call_id, self.channel = call_id, channel
         self.worker, self.cpu, self.vad = worker, cpu, vad
         self.language, self.s, self.hear = language, settings, hear
         self.policy, self.voice, self.transcribe = policy, voice, transcribe
-        self.views = policy.show_partials or voice  # the utterance so far is looked at about once a second
+        self.voice_views = voice and voice_views
+        self.views = policy.show_partials or self.voice_views  # the utterance so far is looked at about once a second
         self.word_timestamps = settings.word_timestamps and policy.word_timestamps
         self.beam_size = beam_size or settings.live_beam_size
         self.buffer = AudioBuffer()
@@ -233,15 +235,15 @@ class ChannelTranscriber:
         self._last_partial_t = now
         audio = self.buffer.slice(start, now)
         if self.policy.defer_views_to_final:
-            if self.voice:
+            if self.voice_views:
                 self._views.append(SpeechSoFar(self.channel, start, now, audio))
             return
         busy = self._partial_task is not None and not self._partial_task.done()
         if not self.transcribe or busy or not self.policy.show_partials:
-            if self.voice:  # the voice is graded without waiting for a decode
+            if self.voice_views:  # the voice is graded without waiting for a decode
                 self.hear(SpeechSoFar(self.channel, start, now, audio))
             return
-        request = DecodeRequest(audio, self.language.current, word_timestamps=False, beam_size=1, embed=self.voice)
+        request = DecodeRequest(audio, self.language.current, word_timestamps=False, beam_size=1, embed=self.voice_views)
         future = asyncio.wrap_future(self.worker.submit(self._stream_id, request, final=False))
         self._partial_task = asyncio.ensure_future(self._emit_partial(self._utterance, start, now, audio, future))
 
@@ -253,5 +255,5 @@ class ChannelTranscriber:
         if result is not None and result.text:  # else skipped under load, or nothing heard
             partial = TranscriptPartial(call_id=self.call_id, t=end, channel=self.channel, start=start, end=end,
                                         text=result.text, language=result.language)
-        if self.voice or partial is not None:  # a skipped partial still lets the voice be graded (without the embedding)
+        if self.voice_views or partial is not None:  # a skipped partial still lets the voice be graded (no embedding)
             self.hear(SpeechSoFar(self.channel, start, end, audio, result.embedding if result is not None else None, partial))

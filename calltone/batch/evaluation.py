@@ -8,6 +8,8 @@ Figures, for the customer only:
 * **escalation**: a call with an ``escalation_onset_s`` is *alerted* when an ``escalation.raised``
   comes at or after the onset and at most ``ALERT_WITHIN_S`` later; an alert before the onset is
   *early* (a wrong alert, not a hit).  The delay is alert time minus onset, in seconds.
+* **happy as angry**: the share of segments labelled happiness or surprise (graded calm) that calltone
+  showed as angry: cheerful callers must not read as angry ones.
 * **false alerts**: alerts on steady calls (no anxious or angry segment, no onset), and alerts on
   calls with anxiety but no anger and no onset (``recover`` calls).
 """
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 
 GRADE_LAG_S = 1.0
 ALERT_WITHIN_S = 10.0
+HAPPY = ("happiness", "surprise")
 
 
 @dataclass
@@ -44,6 +47,7 @@ class CallOutcome:
     kind: str
     truth: list[str]  # customer segments' labelled grades
     predicted: list[str]  # the grade calltone showed for each of them
+    emotions: list[str | None]  # the segments' finer labels, when given
     onset_s: float | None
     alerts_s: list[float]
     steady: bool
@@ -75,6 +79,7 @@ def outcome(name: str, labels: LabelledCall, events: list[Event], sample_rate: i
     kind = labels.kind or ("steady" if labels.steady else "escalate" if labels.escalation_onset_s is not None else "other")
     return CallOutcome(name=name, language=labels.language or "?", audio=f"{sample_rate // 1000} kHz", kind=kind,
                        truth=[s.grade for s in segs], predicted=[shown(s.end + GRADE_LAG_S) for s in segs],
+                       emotions=[s.emotion for s in segs],
                        onset_s=labels.escalation_onset_s, alerts_s=alerts, steady=labels.steady)
 
 
@@ -113,6 +118,8 @@ class Figures:
     steady_alerts: int
     recover_calls: int
     recover_alerts: int
+    happy_segments: int
+    happy_as_angry: float | None
     by: dict[str, dict[str, "Figures"]] = field(default_factory=dict)
 
     @property
@@ -146,12 +153,14 @@ def figures(outcomes: list[CallOutcome], breakdown: bool = True) -> Figures:
     esc = [o for o in outcomes if o.onset_s is not None]
     steady = [o for o in outcomes if o.steady]
     recover = [o for o in outcomes if o.onset_s is None and not o.steady and "angry" not in o.truth]
+    happy = [p for o in outcomes for p, e in zip(o.predicted, o.emotions) if e in HAPPY]
     f = Figures(calls=len(outcomes), segments=int(m.sum()), uar=float(np.mean(present)) if present else None,
                 recall=recall, confusion=m.tolist(), escalation_calls=len(esc),
                 alerted_within=sum(o.alerted for o in esc), early_alert_calls=sum(o.early for o in esc),
                 delays_s=sorted(o.delay_s for o in esc if o.delay_s is not None),
                 steady_calls=len(steady), steady_alerts=sum(len(o.alerts_s) for o in steady),
-                recover_calls=len(recover), recover_alerts=sum(len(o.alerts_s) for o in recover))
+                recover_calls=len(recover), recover_alerts=sum(len(o.alerts_s) for o in recover),
+                happy_segments=len(happy), happy_as_angry=(sum(p == "angry" for p in happy) / len(happy)) if happy else None)
     if breakdown:
         for axis in ("language", "audio", "kind"):
             keys = sorted({getattr(o, axis) for o in outcomes})
@@ -170,12 +179,14 @@ def format_figures(f: Figures) -> str:
                 + " ".join(f"{pct(g.recall[k]):>5s}" for k in GRADES)
                 + f"  {g.alerted_within:3d}/{g.escalation_calls:<3d} {g.early_alert_calls:5d}"
                 + f"  {'-' if d is None else format(d['median'], '.1f'):>6s}"
-                + f"  {g.steady_alerts:3d}/{g.steady_calls:<3d}  {g.recover_alerts:3d}/{g.recover_calls:<3d}")
+                + f"  {g.steady_alerts:3d}/{g.steady_calls:<3d}  {g.recover_alerts:3d}/{g.recover_calls:<3d}"
+                + f"  {pct(g.happy_as_angry):>5s}")
 
     head = (f"{'':14s} {'calls':>5s} {'segs':>6s}  {'UAR':>5s}  " + " ".join(f"{k[:5]:>5s}" for k in GRADES)
-            + f"  {'alerted':>7s} {'early':>5s}  {'delay':>6s}  {'steady':>7s}  {'recover':>7s}")
+            + f"  {'alerted':>7s} {'early':>5s}  {'delay':>6s}  {'steady':>7s}  {'recover':>7s}  {'happy':>5s}")
     out = ["customer segments: UAR and recall per grade; escalation calls alerted within "
-           f"{ALERT_WITHIN_S:.0f} s of onset, early alerts, median delay (s); alerts on steady and recover calls", head,
+           f"{ALERT_WITHIN_S:.0f} s of onset, early alerts, median delay (s); alerts on steady and recover calls; "
+           "share of happy/surprised segments shown angry", head,
            line("all", f)]
     for axis, groups in f.by.items():
         out += [line(f"{axis}={k}", g) for k, g in groups.items()]

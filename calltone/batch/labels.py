@@ -32,6 +32,7 @@ class LabelledSegment(BaseModel):
     start: float = Field(ge=0, description="seconds from the start of the recording")
     end: float = Field(gt=0, description="seconds from the start of the recording")
     grade: Grade
+    emotion: str | None = Field(None, description="a finer label, when known (e.g. happiness, surprise: graded calm)")
     text: str | None = None
 
     @model_validator(mode="after")
