@@ -102,13 +102,23 @@ class Board:
         viewer = Viewer()
         if self._discovery is None:  # the first viewer: find the live calls before its snapshot
             self._discovery = asyncio.ensure_future(self._discover_loop())
-            await self._discover()
+            try:
+                await self._discover()
+            except BaseException:
+                if not self.viewers:
+                    await self._stop()
+                raise
         self.viewers.add(viewer)
         return viewer, list(self.states.values())
 
     async def leave(self, viewer: Viewer) -> None:
         self.viewers.discard(viewer)
-        if self.viewers or self._discovery is None:
+        if not self.viewers:
+            await self._stop()
+
+    async def _stop(self) -> None:
+        """No viewer left: stop following the calls."""
+        if self._discovery is None:
             return
         tasks, self._discovery = [self._discovery, *self._follows.values()], None
         self._follows.clear()

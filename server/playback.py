@@ -218,6 +218,8 @@ async def call_audio(call_id: str, request: Request, kind: Kind = Query("stereo"
     who = _checked(auth.lookup(auth.bearer(request.headers)) or
                    (auth.tickets.redeem(ticket, audio_scope(call_id)) if ticket else None), "read_calls")
     s = _services(request)
+    if not await s.store.probe():  # audio is served only when its access can be logged
+        raise HTTPException(503, "the store cannot write, so the access cannot be logged: try again later")
     _, audio = await _readable(s, who, call_id)
     if kind not in audio.kinds:
         raise HTTPException(404, f"call {call_id} has no {kind} audio (it has: {', '.join(audio.kinds)})")

@@ -30,6 +30,13 @@ class SearchPage(BaseModel):
     next_offset: int | None = Field(None, description="offset of the next page (None: this is the last)")
 
 
+def _time(name: str, value: str | None) -> float | None:
+    try:
+        return _since(value)
+    except HTTPException:
+        raise HTTPException(422, f"{name} must be Unix seconds or an ISO 8601 time") from None
+
+
 def _words(q: str) -> tuple[str, ...]:
     words = tuple(dict.fromkeys(w for w in q.split() if w))
     if len(words) > MAX_WORDS:
@@ -55,7 +62,7 @@ async def search(request: Request,
         if agent_id and agent_id != who.agent_id:
             raise HTTPException(403, "agents can search only their own calls")
         agent_id = who.agent_id
-    start, end = _since(since), _since(until)
+    start, end = _time("since", since), _time("until", until)
     if start is not None and end is not None and end <= start:
         raise HTTPException(422, "until must be after since")
     query = CallSearch(words=_words(q), agent_id=agent_id or None, queue=queue or None, since=start, until=end,
