@@ -17,7 +17,7 @@ from calltone.events import EmotionUpdate, Probs, TranscriptFinal, Word
 from calltone.server.app import ServerThread, create_app
 from calltone.settings import ServerSettings, Settings
 
-from .pg import PgServer, postgres  # noqa: F401 -- the session's PostgreSQL server
+from .pg import postgres  # noqa: F401 -- the session's PostgreSQL server
 from .test_pages import BROWSER_ARGS, CHROMIUM, new_page, playwright_sync
 
 TOKENS = {"qa-token-0000001": "qa:quinn", "agent-a1-token-01": "agent:a1"}
