@@ -21,7 +21,8 @@ import uvicorn
 from fastapi import FastAPI, WebSocket
 from fastapi.openapi.utils import get_openapi
 
-from calltone.server import api, feeds, ingest, pages, security
+from calltone.server import api, feeds, ingest, live, ops_api, pages, playback, search, security
+from calltone.server.anomaly import anomaly_loop
 from calltone.server.audiohook import AudioHookProtocol
 from calltone.server.auth import Authenticator, ConfigError, check_bind
 from calltone.server.bus import create_bus
@@ -79,7 +80,7 @@ def create_app(settings: "Settings", runtime: "Runtime | None" = None, *, limits
         app.state.services = s
         app.state.loop = asyncio.get_running_loop()
         await s.registry.start()  # calls left live by nodes that are gone become interrupted (server/ownership.py)
-        tasks: list[asyncio.Task] = [asyncio.ensure_future(purge_loop(s))]
+        tasks: list[asyncio.Task] = [asyncio.ensure_future(purge_loop(s)), asyncio.ensure_future(anomaly_loop(s))]
         if s.runtime is None:
             tasks.append(asyncio.ensure_future(_load_runtime(s)))
         if demo:
@@ -113,6 +114,10 @@ def create_app(settings: "Settings", runtime: "Runtime | None" = None, *, limits
     app.state.settings = settings
     app.state.demo_tokens = {}
     app.include_router(api.router)
+    app.include_router(ops_api.router)  # GET /v1/kpis, GET /v1/anomalies
+    app.include_router(playback.router)  # call audio with ranges, the audio access log
+    app.include_router(search.router)  # GET /v1/search
+    app.include_router(live.router)  # the wallboard's websocket, GET /v1/live
     pages.install(app)  # /agent, /supervisor, /qa, /docs and /static
     security.install(app, settings, auth)  # origin checks, security headers, credentials scrubbed from the logs
 
@@ -387,5 +392,11 @@ _WS_DOCS = {
         "description": "On connect the open alerts (replay: true), then escalation.raised / escalation.cleared / alert.acked "
                        "messages (AlertMessage: alert_id, call_id, agent_id, reason, evidence, excerpt, status). "
                        "Roles: supervisor, admin. (Plain GET without upgrade: see GET /v1/alerts list below.)",
+        "responses": {"101": {"description": "Switching Protocols"}}}},
+    "/v1/live": {"get": {
+        "tags": ["websocket"], "summary": "WebSocket: the wallboard, call-level state of every live call (server/live.py)",
+        "description": "A live.snapshot frame {type, at, calls: [CallState]}, then live.update frames with the calls that "
+                       "changed, at most one frame a second. CallState: call_id, status (live, ended, interrupted), "
+                       "agent_id, queue, started_at, grade, index, trend, t, alerts_open. Roles: supervisor, admin.",
         "responses": {"101": {"description": "Switching Protocols"}}}},
 }

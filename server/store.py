@@ -18,10 +18,14 @@ import queue
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence, TypeVar
 
 from calltone.server.sqlite import SqliteRepository
+
+if TYPE_CHECKING:
+    from calltone.server.kpis import KpiSlot, KpiSlotQuery
 
 log = logging.getLogger("calltone.server.store")
 T = TypeVar("T")
@@ -35,6 +39,22 @@ class StoreUnavailable(Exception):
 
 class CommitInDoubt(Exception):
     """The connection was lost while committing: the writes may or may not be stored (so they are not retried)."""
+
+
+@dataclass(frozen=True)
+class CallSearch:
+    """What ``GET /v1/search`` asks the store for (``Repository.search_calls``); None or empty: no filter."""
+
+    words: tuple[str, ...] = ()  # each must occur in the call's (masked) final transcript, case-insensitively
+    agent_id: str | None = None
+    queue: str | None = None  # the call's queue (metadata.queue)
+    since: float | None = None  # started at or after (Unix seconds)
+    until: float | None = None  # started before (Unix seconds)
+    peak_grade: str | None = None  # the highest grade any scored speaker reached
+    escalated: bool | None = None
+    status: str | None = None
+    limit: int = 50
+    offset: int = 0
 
 
 class Repository(Protocol):
@@ -59,6 +79,11 @@ class Repository(Protocol):
     def get_alert(self, alert_id: str) -> dict | None: ...
     def list_alerts(self, call_id: str | None = None, status: str | None = None, limit: int = 100) -> list[dict]: ...
     def deliveries(self, alert_id: str) -> list[dict]: ...
+    def search_calls(self, q: CallSearch) -> tuple[list[dict], int]: ...  # one page, newest first; the total
+    def log_audio_access(self, access: Mapping[str, Any]) -> None: ...
+    def audio_accesses(self, call_id: str | None = None, limit: int = 100,
+                       offset: int = 0) -> tuple[list[dict], int]: ...  # newest first; the total
+    def recording_of(self, call_id: str) -> dict | None: ...  # a scored call's recording: {file, options}
     def interrupt_live(self) -> int: ...
     def hold_call(self, call_id: str, owner: str, **fields: Any) -> bool: ...  # fenced update: only its owner, while live
     def live_owners(self) -> list[str | None]: ...
@@ -72,6 +97,11 @@ class Repository(Protocol):
     def get_job(self, job_id: str) -> dict | None: ...
     def list_jobs(self, limit: int = 100) -> list[dict]: ...
     def job_items(self, job_ids: Sequence[str]) -> list[dict]: ...
+    # KPIs over time (server/kpis.py) and the anomalies raised on them (server/anomaly.py)
+    def kpi_sums(self, q: "KpiSlotQuery") -> list["KpiSlot"]: ...
+    def insert_anomaly(self, anomaly: dict) -> bool: ...  # False: an anomaly with this id is stored already
+    def list_anomalies(self, since: float, limit: int = 100) -> list[dict]: ...
+    def take_turn(self, name: str, slot: int, node: str, now: float) -> bool: ...  # periodic work: one node a slot
     def probe(self) -> None: ...  # a small real write: succeeds only when the store can write
     def purge(self, before: float) -> list[str]: ...
     def is_storage_failure(self, exc: BaseException) -> bool: ...  # the storage failed, not the data written
