@@ -125,8 +125,8 @@ def reason_text(code: RaiseCode | ClearCode, f: dict) -> str:
     if code == "phrase":
         return f"caller said \u201c{f['phrase']}\u201d ({f['label']}) while {f['grade']}"
     if code == "angry_confirmed":
-        return (f"caller angry (p {whole(100 * f['p_angry'])} %)" if f.get("angry_updates", 0) < 2
-                else f"caller angry {f['angry_updates']} times in {whole(f['window_s'])} s")
+        return (f"caller angry {f['angry_updates']} times in {whole(f['window_s'])} s" if "angry_updates" in f
+                else f"caller angry (p {whole(100 * f['p_angry'])} %)")
     if code == "angry_sustained":
         return f"caller angry for {whole(f['angry_s'])} s"
     if code == "index_rise":
@@ -251,8 +251,11 @@ class EscalationPolicy:
                 )
         r1 = cfg.angry_confirmed
         if r1.enabled and s.grade == "angry" and (s.probs.angry >= r1.min_p_angry - _EPS or len(self._angry) >= r1.count):
-            out.append(_Firing("angry_confirmed", {"p_angry": round(s.probs.angry, 2), "angry_updates": len(self._angry),
-                                                   "window_s": round(s.t - self._angry[0], 1)}, {"angry_since": s.grade_since}))
+            # the figures state the condition that held: the confident update, else the count in the window
+            counted = {} if s.probs.angry >= r1.min_p_angry - _EPS else {"angry_updates": len(self._angry),
+                                                                          "window_s": round(s.t - self._angry[0], 1)}
+            out.append(_Firing("angry_confirmed", {"p_angry": round(s.probs.angry, 2), **counted},
+                               {"angry_since": s.grade_since}))
         r2 = cfg.angry_sustained
         if r2.enabled and s.grade == "angry":
             dur = s.t - s.grade_since
