@@ -167,7 +167,10 @@ def test_the_pipeline_decodes_by_its_policy(scored, runtime, mode):
     assert prompts <= texts if s.policy.condition_on_previous_text else not prompts  # (fed this fast, a live prompt may be "")
     assert all(r.embed for r in customer) and not any(r.embed for r in agent)  # the customer's voice is graded
     assert {r.packable for r in agent} == {s.policy.packable} and not any(r.packable for r in customer)
-    assert any(r.embed_frames for r in customer) == s.policy.defer_views_to_final
+    # the encoder rows come back only for views of the speech so far to cut embeddings from (recording, and only with
+    # emotion.score_speech_so_far on: by default the voice is scored once per whole utterance)
+    views_scored = s.policy.defer_views_to_final and runtime.settings.emotion.score_speech_so_far
+    assert any(r.embed_frames for r in customer) == views_scored
     shown = [e for e in s.events if isinstance(e, TranscriptPartial)]
     assert bool(partials) == bool(shown) == s.policy.show_partials
     assert all(e.channel == "customer" for e in shown)
@@ -183,13 +186,14 @@ def test_a_producer_without_partials_gets_the_live_policy_without_them():
     assert RECORDING.without_partials() is RECORDING
 
 
-def heard_by_transcriber(runtime, audio: np.ndarray, policy: DecodePolicy, block_s: float) -> tuple[list[Heard], list]:
+def heard_by_transcriber(runtime, audio: np.ndarray, policy: DecodePolicy, block_s: float,
+                         voice_views: bool) -> tuple[list[Heard], list]:
     heard: list[Heard] = []
 
     async def run() -> list:
         vad = StreamingVad(runtime.settings.vad, runtime.vad_model)
         tr = ChannelTranscriber("order", "customer", runtime.asr, runtime.cpu, vad, CallLanguage("en"),
-                                runtime.settings.asr, heard.append, policy=policy, voice=True)
+                                runtime.settings.asr, heard.append, policy=policy, voice=True, voice_views=voice_views)
         step = int(block_s * SAMPLE_RATE)
         for i in range(0, len(audio), step):
             await tr.push(audio[i : i + step])
@@ -200,20 +204,25 @@ def heard_by_transcriber(runtime, audio: np.ndarray, policy: DecodePolicy, block
     return heard, asyncio.run(run())
 
 
-@pytest.mark.parametrize("mode", ["live", "recording"])
-def test_the_items_arrive_in_order(runtime, mode):
+@pytest.mark.parametrize("mode, voice_views", [("live", False), ("live", True), ("recording", False), ("recording", True)])
+def test_the_items_arrive_in_order(runtime, mode, voice_views):
     """One Utterance per VAD segment, in order, each with its final; each view of an utterance (speech so
     far) comes before that utterance, the views at rising times.  A recording hands each utterance's views
-    right before it, with embeddings cut from its decode."""
+    (only made when the speech so far is scored: emotion.score_speech_so_far) right before it, with embeddings
+    cut from its decode."""
     policy, block_s = MODES[mode]
-    heard, segments = heard_by_transcriber(runtime, load_recording(require(DEMO_EN)).channels["customer"], policy, block_s)
+    heard, segments = heard_by_transcriber(runtime, load_recording(require(DEMO_EN)).channels["customer"], policy, block_s,
+                                           voice_views)
     utterances = [h for h in heard if isinstance(h, Utterance)]
     views = [h for h in heard if isinstance(h, SpeechSoFar)]
     assert [(u.start, u.end) for u in utterances] == [(s.start, s.end) for s in segments] and len(utterances) >= 5
     for u in utterances:
         assert u.final is not None and (u.final.start, u.final.end, u.final.text) == (u.start, u.end, u.text) and u.text
         assert u.embedding is not None and len(u.audio) == pytest.approx((u.end - u.start) * SAMPLE_RATE, abs=2)
-    assert len(views) >= len(utterances)
+    if voice_views or policy.show_partials:
+        assert len(views) >= len(utterances)
+    else:
+        assert views == []  # nothing looks at the speech so far: the voice is scored once per whole utterance
     assert [v.end for v in views] == sorted(v.end for v in views)
     for v in views:
         owner = next(u for u in utterances if v.start == pytest.approx(u.start, abs=1e-3))
@@ -226,3 +235,5 @@ def test_the_items_arrive_in_order(runtime, mode):
     else:
         shown = [v for v in views if v.partial is not None]
         assert shown and all((v.partial.start, v.partial.end) == (v.start, v.end) for v in shown)
+        embedded = [v for v in views if v.embedding is not None]
+        assert bool(embedded) == voice_views  # the partial decodes return a voice embedding only to be scored
