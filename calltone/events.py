@@ -17,6 +17,9 @@ from pydantic import BaseModel, Field, TypeAdapter
 
 Grade = Literal["calm", "anxious", "angry"]
 GRADES: tuple[Grade, ...] = ("calm", "anxious", "angry")
+INDEX_BANDS: dict[Grade, tuple[float, float]] = {"calm": (0.0, 39.0), "anxious": (40.0, 70.0), "angry": (71.0, 100.0)}
+"""The emotion index's range for each grade (the pages' colour bands: calm < 40, anxious 40-70, angry > 70):
+an update's index always lies in its grade's band, also after rounding to whole points."""
 
 CALL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 """Call ids (and agent ids): 1-128 characters, letters, digits and ``. _ : @ -``, starting with a letter or digit."""
@@ -101,8 +104,10 @@ class EmotionUpdate(EventBase):
     channel: str
     grade: Grade
     probs: Probs
-    index: float = Field(description="emotion index 0 (calm) .. 100 (angry)")
-    trend: float = Field(0.0, description="index points per minute")
+    index: float = Field(description="emotion index 0 (calm) .. 100 (angry), always inside the grade's band "
+                                     "(INDEX_BANDS: calm 0-39, anxious 40-70, angry 71-100)")
+    trend: float = Field(0.0, description="index points per minute over the last 30 s; 0 when not distinguishable "
+                                          "from noise")
     cues: list[Cue] = Field(default_factory=list)
 
 

@@ -13,12 +13,14 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
 from pydantic import Field, model_validator
+from scipy.special import stdtrit
 
-from calltone.events import GRADES, Cue, EmotionUpdate, Grade, Probs
+from calltone.events import GRADES, INDEX_BANDS, Cue, EmotionUpdate, Grade, Probs
 
 from .fusion import DEFAULT_TRACKING_PATH, TomlConfig, normalised_probs, probs_vector
 
@@ -40,8 +42,10 @@ class TrackerConfig(TomlConfig):
     exit_dwell_s: float = Field(0.0, ge=0.0, description="speech seconds below the exit threshold before a grade is lowered")
     # index and trend
     index_anxious_weight: float = Field(0.5, ge=0.0, le=1.0, description="index = 100*(w*p_anxious + p_angry)")
-    trend_window_s: float = Field(20.0, gt=0.0, description="least-squares window (call seconds) for the trend")
-    trend_min_span_s: float = Field(3.0, ge=0.0, description="trend is 0 until the window spans this long")
+    trend_window_s: float = Field(30.0, gt=0.0, description="least-squares window (call seconds) for the trend")
+    trend_min_span_s: float = Field(10.0, ge=0.0, description="trend is 0 until the window spans this long")
+    trend_min_points: int = Field(3, ge=2, description="trend is 0 until the window holds this many updates")
+    trend_z: float = Field(2.0, ge=0.0, description="trend is 0 unless the slope is this many standard errors from 0")
     # emission
     emit_index_step: float = Field(5.0, gt=0.0, description="emit when the index moved this much since the last emission")
     emit_min_interval_s: float = Field(1.0, ge=0.0, description="at most one index/heartbeat emission per this long")
@@ -85,8 +89,34 @@ class TrackerState:
         return self.previous_grade != self.grade
 
 
-def emotion_index(p: Probs, anxious_weight: float = 0.5) -> float:
-    return max(0.0, min(100.0, 100.0 * (anxious_weight * p.anxious + p.angry)))
+def emotion_index(p: Probs, grade: Grade, anxious_weight: float = 0.5) -> float:
+    """100 * (w * p_anxious + p_angry) of the smoothed probabilities, held inside ``grade``'s band
+    (``INDEX_BANDS``): the index, the grade and the pages' colours say the same thing."""
+    lo, hi = INDEX_BANDS[grade]
+    return max(lo, min(hi, 100.0 * (anxious_weight * p.anxious + p.angry)))
+
+
+def trend_per_minute(points: Sequence[tuple[float, float]], min_span_s: float, min_points: int, z: float) -> float:
+    """Least-squares slope of (t, index) in points per minute; 0 while the points span less than ``min_span_s``,
+    are fewer than ``min_points``, or the slope is within ``z`` standard errors of 0 (noise, not a trend) -- ``z`` read
+    as the two-sided level of a normal deviate (2: 95.45 %) and taken from Student's t with n - 2 degrees of freedom,
+    so that noise reads as a trend that rarely (4.55 % for z = 2) whatever the number of points."""
+    n = len(points)
+    if n < min_points or points[-1][0] - points[0][0] < min_span_s - _EPS:
+        return 0.0
+    slope = lsq_slope(points)
+    mx = sum(x for x, _ in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    my = sum(y for _, y in points) / n
+    resid = sum((y - my - slope * (x - mx)) ** 2 for x, y in points)
+    se = math.sqrt(resid / (n - 2) / sxx) if n > 2 and sxx > _EPS else 0.0
+    return 60.0 * slope if abs(slope) > t_critical(n - 2, z) * se else 0.0
+
+
+@lru_cache(maxsize=256)
+def t_critical(dof: int, z: float) -> float:
+    """Student's t value with ``dof`` degrees of freedom exceeded (either sign) as rarely as ``z`` by a normal deviate."""
+    return float(stdtrit(max(dof, 1), 1.0 - 0.5 * math.erfc(z / math.sqrt(2.0))))
 
 
 def lsq_slope(points: Sequence[tuple[float, float]]) -> float:
@@ -162,13 +192,11 @@ class EmotionTracker:
             self._grade = new
             self._grade_since = t
 
-        index = emotion_index(sm, cfg.index_anxious_weight)
+        index = emotion_index(sm, self._grade, cfg.index_anxious_weight)
         self._index_hist.append((t, index))
         while self._index_hist and t - self._index_hist[0][0] > cfg.trend_window_s:
             self._index_hist.popleft()
-        trend = 0.0
-        if self._index_hist and t - self._index_hist[0][0] >= cfg.trend_min_span_s - _EPS:
-            trend = 60.0 * lsq_slope(list(self._index_hist))
+        trend = trend_per_minute(list(self._index_hist), cfg.trend_min_span_s, cfg.trend_min_points, cfg.trend_z)
 
         state = TrackerState(
             t=t,

@@ -179,3 +179,44 @@ def test_train_takes_labelled_calls_next_to_a_clip_manifest(calls: Path, tmp_pat
         assert {"emodb-03", "emodb-08", "ravdess-05", "ravdess-06"} <= set(meta["speakers"])
         callers = {json.loads(p.read_text())["customer_speaker"] for p in calls.glob("*.json")}
         assert callers <= set(meta["speakers"])
+
+
+@pytest.mark.parametrize("speaker, seed, telephony", [("ravdess-07", 1141, True), ("ravdess-17", 1163, False)])
+def test_a_caller_the_model_never_heard_is_graded_angry_and_alerted_after_the_onset(tmp_path: Path, speaker: str,
+                                                                                    seed: int, telephony: bool):
+    """The speakers are not in the training data of tests/models/heldout-fold1 (its sidecar lists the held-out
+    speakers).  An escalate call of one of them (8 kHz G.711 or 16 kHz, customer on channel 1; the bench's
+    'tune' set composition), scored as a user would (``calltone eval --calls --model-dir``): the angry phase
+    reads angry, the calm phase calm, and the alert comes after the anger onset, within 10 s, and not before.
+    (With the tracker and escalation defaults this replaced, the second call's alert came too late.)"""
+    model = REPO / "tests" / "models" / "heldout-fold1"
+    assert speaker in json.loads((model / "emotion.json").read_text())["held_out_speakers"]
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    with open(CORPUS / "manifest.csv", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["speaker"] == speaker]
+    with open(corpus / "manifest.csv", "w", encoding="utf-8", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    (corpus / "ravdess").symlink_to(CORPUS / "ravdess")
+    made = tmp_path / "made"
+    subprocess.run([sys.executable, str(SHARED / "tools" / "make_calls.py"), str(corpus), str(made), "--calls", "2",
+                    "--seed", str(seed), "--customer-channel", "1"] + (["--telephony"] if telephony else []),
+                   check=True, capture_output=True)
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    for ext in (".wav", ".json"):
+        shutil.move(made / f"call001-escalate{ext}", calls / f"call001-escalate{ext}")
+    r = subprocess.run([sys.executable, "-m", "calltone.cli", "eval", "--calls", str(calls), "--model-dir", str(model),
+                        "--json"], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (call,) = json.loads(r.stdout)["calls"]
+    graded = list(zip(call["truth"], call["predicted"]))
+    angry = [p for t, p in graded if t == "angry"]
+    calm = [p for t, p in graded if t == "calm"]
+    assert sum(p == "angry" for p in angry) >= 0.7 * len(angry), graded
+    assert sum(p == "calm" for p in calm) >= 0.7 * len(calm), graded
+    onset = call["onset_s"]
+    assert call["alerts_s"] and all(a >= onset for a in call["alerts_s"]), (onset, call["alerts_s"])
+    assert call["alerts_s"][0] - onset <= 10.0, (onset, call["alerts_s"])

@@ -279,7 +279,7 @@ export function fmtTime(unix) {
 export function fmtIndex(x) { return x == null || !isFinite(x) ? "–" : String(Math.round(x)); }
 
 const REASON_FIELDS = {
-  angry_sustained: ["angry_s"], index_rise: ["rise", "window_s", "index"], phrase: ["phrase", "label", "grade"],
+  angry_confirmed: ["p_angry"], angry_sustained: ["angry_s"], index_rise: ["rise", "window_s", "index"], phrase: ["phrase", "label", "grade"],
   calm: ["grade", "calm_s"], call_ended: [],
 };
 
@@ -294,6 +294,10 @@ export function reasonText(a) {
   const shown = Object.fromEntries(Object.entries(figures).map(([k, v]) => [k, typeof v === "number" ? fmtIndex(v) : v]));
   if (figures.grade) shown.grade = t(figures.grade).toLowerCase();
   if (figures.label) shown.label = cueLabel(figures.label, lang);
+  if (code === "angry_confirmed") {  // one confident update (p_angry, 0-1), or angry_updates within window_s
+    shown.p_angry = fmtIndex(100 * figures.p_angry);
+    return t(figures.angry_updates != null ? "reason_angry_confirmed_count" : "reason_angry_confirmed_p", shown);
+  }
   return t(`reason_${code}`, shown);
 }
 

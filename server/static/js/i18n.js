@@ -109,6 +109,8 @@ export const STRINGS = {
     kpi_silence_share: "Silence share", kpi_overtalk_s_per_call: "Overtalk per call",
     kpi_interruptions_per_call: "Interruptions per call", kpi_agent_speech_rate: "Agent speech rate (words or characters)",
     // alert reasons (reason_code + reason_figures; common.js reasonText), call summary, recording, cues
+    reason_angry_confirmed_p: "caller sounds angry (p(angry) {p_angry} %)",
+    reason_angry_confirmed_count: "caller sounded angry {angry_updates} times in {window_s} s",
     reason_angry_sustained: "caller angry for {angry_s} s",
     reason_index_rise: "emotion index rose {rise} points in {window_s} s to {index}",
     reason_phrase: "caller said “{phrase}” ({label}) while {grade}",
@@ -228,6 +230,8 @@ export const STRINGS = {
     kpi_silence_share: "静默占比", kpi_overtalk_s_per_call: "每通抢话时长",
     kpi_interruptions_per_call: "每通打断次数", kpi_agent_speech_rate: "坐席语速（词或字/分钟）",
     // 告警原因（reason_code + reason_figures；common.js reasonText）、通话摘要、录音、判断依据
+    reason_angry_confirmed_p: "客户听起来很愤怒（愤怒概率 {p_angry}%）",
+    reason_angry_confirmed_count: "客户在 {window_s} 秒内 {angry_updates} 次显得愤怒",
     reason_angry_sustained: "客户持续愤怒 {angry_s} 秒",
     reason_index_rise: "情绪指数在 {window_s} 秒内上升 {rise} 点，达到 {index}",
     reason_phrase: "客户在{grade}时说了“{phrase}”（{label}）",
