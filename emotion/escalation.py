@@ -9,10 +9,12 @@ arrives; ``close(t)`` clears an active alert when the call ends.
 
 Rules (all numbers in emotion/data/escalation.toml, see docs/emotion.md):
 
-* ``angry_sustained`` -- grade angry for ``min_s`` seconds;
-* ``index_rise``      -- index up ``points`` within ``window_s``, now >= ``min_index``
-                         and held there for ``hold_s``;
+* ``angry_confirmed`` -- grade angry with p(angry) >= ``min_p_angry``, or ``count`` angry
+                         updates within ``window_s``;
 * ``phrase``          -- an escalation-category phrase while anxious/angry;
+* ``angry_sustained`` -- (off by default) grade angry for ``min_s`` seconds;
+* ``index_rise``      -- (off by default) index up ``points`` within ``window_s``, now >=
+                         ``min_index`` and held there for ``hold_s``;
 
 one active alert per channel, ``cooldown_s`` between raises, cleared after
 ``clear.calm_s`` seconds calm.
@@ -218,8 +220,8 @@ class EscalationPolicy:
                 self._phrases.append(p if p.t is not None else p.at(t))
         if text:
             self._words.append((t, text))
-        if state.grade == "angry":
-            self._angry.append(t)
+        if state.grade == "angry" and (not self._angry or t > self._angry[-1] + _EPS):
+            self._angry.append(t)  # one per tracker update: a state re-observed for a short utterance's words is not new
         while self._angry and t - self._angry[0] > self.config.angry_confirmed.window_s + _EPS:
             self._angry.popleft()
         for dq in (self._index, self._cues, self._words):

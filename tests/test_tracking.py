@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -371,6 +372,23 @@ def test_angry_confirmed_not_on_two_nor_on_three_spread_out() -> None:
     spread = [(0.0, CROSS), (8.0, CALM), (16.0, CROSS), (24.0, CALM), (cfg.window_s + 1.0, CROSS), (40.0, CALM)]
     events, states = utterances(spread)
     assert events == [] and sum(s.grade == "angry" for s in states) == 3  # the first fell out of the 30 s window
+
+
+def test_angry_confirmed_counts_tracker_updates_not_observations() -> None:
+    """A short utterance whose own voice score does not count reaches the policy with the tracker's latest state
+    again (EmotionChannel._observe_said): its words are evidence, but it is not another angry update."""
+    tracker, policy = EmotionTracker(call_id="c1"), EscalationPolicy(call_id="c1")
+    events = policy.update(tracker.update(0.0, P(CALM)))
+    angry = tracker.update(4.0, P(CROSS))
+    events += policy.update(angry)
+    for text in ("no", "what"):  # two short answers right after it, no voice score of their own
+        events += policy.update(replace(angry, previous_grade=angry.grade, cues=(), event=None), (), text)
+    assert events == []
+    events += policy.update(tracker.update(9.0, P(CROSS)))
+    assert events == []  # two angry updates so far
+    events += policy.update(tracker.update(14.0, P(CROSS)))
+    (a,) = raised(events)
+    assert a.reason_figures["angry_updates"] == 3 and [w["text"] for w in a.evidence["words"]] == ["no", "what"]
 
 
 def test_angry_confirmed_respects_the_cooldown() -> None:
