@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from calltone.events import INDEX_BANDS
 from calltone.pipeline import PipelineOptions, run_recording
 from calltone.speech.audio import load_recording
 from calltone.summary import summarize
@@ -51,6 +52,16 @@ def test_steady_call_raises_no_alert(runtime, calls, lang, tel):
     assert updates, "no emotion updates for the customer"
     assert all(e.channel == "customer" for e in updates), "the agent is graded only when opted in"
     assert [e for e in events if e.type == "escalation.raised"] == []
+    assert all(in_band(e) for e in updates), "an update's index lies in its grade's band"
+
+
+def in_band(update) -> bool:
+    lo, hi = INDEX_BANDS[update.grade]
+    return lo <= update.index <= hi and lo <= round(update.index) <= hi
+
+
+def in_phase(t: float, truth: dict, grade: str) -> bool:
+    return any(p["start"] <= t <= p["end"] for p in truth["phases"] if p["grade"] == grade)
 
 
 @pytest.mark.parametrize("lang,tel", CASES, ids=[f"{l}-{'tel' if t else 'clean'}" for l, t in CASES])
@@ -63,9 +74,18 @@ def test_escalate_call_alerts_after_anger_onset(runtime, calls, lang, tel):
     assert all(a.t >= onset for a in alerts), f"alert before the anger onset at {onset} s: {[a.t for a in alerts]}"
     first = alerts[0]
     assert first.channel == "customer" and first.reason and first.evidence
+    assert {a.reason_code for a in alerts} <= {"angry_confirmed", "phrase"}  # the rules on by default
     print(f"{lang} {'tel' if tel else 'clean'}: alert {first.t - onset:.1f} s after onset ({first.reason})")
-    angry = [e for e in events if e.type == "emotion.update" and e.grade == "angry"]
+    updates = [e for e in events if e.type == "emotion.update"]
+    assert all(in_band(e) for e in updates), "an update's index lies in its grade's band"
+    angry = [e for e in updates if e.grade == "angry"]
     assert angry and all(e.cues for e in angry), "angry grades must say which cues drove them"
+    # the angry phase reads angry: each whole angry utterance is graded on its own (no dwell, no carry-over)
+    in_anger = [e for e in updates if in_phase(e.t, truth, "angry")]
+    share = sum(e.grade == "angry" for e in in_anger) / max(1, len(in_anger))
+    print(f"  angry phase: {share:.0%} of {len(in_anger)} updates read angry; calm phase:",
+          sorted({e.grade for e in updates if in_phase(e.t, truth, "calm")}))
+    assert share >= 0.5, f"the angry phase reads angry in {share:.0%} of its updates"
     guidance = [e for e in events if e.type == "guidance" and e.card.grade == "angry"]
     assert guidance and guidance[0].card.language == lang
     summary = summarize(events, 0.0)
