@@ -329,6 +329,10 @@ def test_config_files_match_code_defaults(tmp_path) -> None:
     assert cfg.cooldown_s == 90.0 and cfg.angry_sustained.enabled and cfg.angry_sustained.min_s == 6.0
     assert cfg.angry_confirmed == ec.angry_confirmed and cfg.clear.calm_s == 20.0  # other keys keep their defaults
     assert not cfg.index_rise.enabled
+    tweak = tmp_path / "tweak.toml"
+    tweak.write_text("[index_rise]\nhold_s = 2.0\n", encoding="utf-8")
+    cfg = EscalationConfig.load(tweak)
+    assert cfg.index_rise.hold_s == 2.0 and not cfg.index_rise.enabled  # tuning a rule does not switch it on
     bad = tmp_path / "bad.toml"
     bad.write_text("[angry_sustaned]\nmin_s = 6.0\n", encoding="utf-8")
     with pytest.raises(ValueError):
