@@ -24,9 +24,11 @@ from typing import Sequence
 
 import numpy as np
 
+from calltone.events import GRADES
+
 from .features import FEATURE_INFO, FEATURE_NAMES, SpeakerBaseline, feature_label
 
-LABELS: list[str] = ["calm", "anxious", "angry"]
+LABELS: list[str] = list(GRADES)
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 DEFAULT_MODEL = MODELS_DIR / "emotion.onnx"
 PROSODY_MODEL = MODELS_DIR / "emotion_prosody.onnx"

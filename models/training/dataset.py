@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 
 from calltone.emotion.features import FEATURE_NAMES, FEATURE_VERSION, extract_features
+from calltone.events import GRADES as GRADE_ORDER
 
 from .augment import augment, telephone
 
-GRADES = ["calm", "anxious", "angry"]
+GRADES = list(GRADE_ORDER)  # calltone's grade order, as a list (index = class id)
 # training classes: the 3 grades plus "happy" (happiness, surprise) and "other"
 # (sadness, disgust, boredom); happy/other map to calm at inference.
 CLASSES = ["calm", "anxious", "angry", "happy", "other"]
