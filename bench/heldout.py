@@ -40,7 +40,7 @@ KINDS = ["steady", "escalate", "recover", "flare"]  # make_calls.py's call kinds
 
 def fold_speakers(n_folds: int = 5) -> list[list[str]]:
     from calltone.models.training.dataset import load_manifest
-    from calltone.models.training.train import speaker_folds
+    from calltone.models.training.metrics import speaker_folds
 
     m = load_manifest(CORPUS / "manifest.csv")
     spk, corpus = m.col("speaker"), m.col("corpus")

@@ -17,7 +17,7 @@ import numpy as np
 from calltone.emotion.classifier import DEFAULT_MODEL, EmotionClassifier
 
 from .dataset import GRADES, embeddings_for, features_for, load_manifest
-from .train import report
+from .metrics import report
 
 
 def run(

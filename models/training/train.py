@@ -14,161 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
-from calltone.emotion.features import FEATURE_NAMES, SpeakerBaseline
+from calltone.emotion.features import FEATURE_NAMES
 
+from .baselines import PRIOR_N, PopStats, pop_stats, speaker_z
 from .dataset import CLASSES, EMO_TO_CLASS, GRADES, Manifest, embeddings_for, features_for, load_manifest
+from .export import export_onnx
+from .metrics import fold_probs, report, speaker_folds
 
 VERSION = "1.0.0"
 TRAIN_VARIANTS_TEL = ["clean", "aug_tel", "aug_clean"]
 TRAIN_VARIANTS_CLEAN = ["clean", "aug_clean"]
-BASELINE_SIZES = [1, 3, 8, 20, 10_000]  # utterances in the speaker baseline (training simulation)
-PRIOR_N = 3.0  # SpeakerBaseline shrinkage (utterances' worth of population prior); 8 lost 0.03 UAR on held-out calls
-CALL_BASELINE_SIZES = [0, 1, 3, 6, 12, 24]  # utterances heard before this one (Config.baseline = "calls")
-CALM_FIRST = 0.5  # share of call-like baselines drawn from the speaker's calm clips only (calls start calm)
-
-
-# ---------------------------------------------------------------------------
-# population / speaker statistics
-
-
-@dataclass
-class PopStats:
-    mean: np.ndarray
-    std: np.ndarray
-    within_scale: np.ndarray
-    prior_n: float = 8.0
-    emb_mean: np.ndarray | None = None
-
-    def baseline(self) -> SpeakerBaseline:
-        return SpeakerBaseline(self.mean, self.std, prior_n=self.prior_n, within_scale=self.within_scale,
-                               emb_pop_mean=self.emb_mean)
-
-
-def pop_stats(X: np.ndarray, speakers: np.ndarray, prior_n: float = 8.0, E: np.ndarray | None = None) -> PopStats:
-    mean = X.mean(0)
-    std = np.maximum(X.std(0), 1e-6)
-    ws = []
-    for s in np.unique(speakers):
-        ws.append(X[speakers == s].std(0) / std)
-    within = np.clip(np.median(np.stack(ws), axis=0), 0.2, 1.0)
-    return PopStats(mean, std, within, prior_n, None if E is None else E.mean(0))
-
-
-def speaker_z(
-    X: np.ndarray,
-    speakers: np.ndarray,
-    ps: PopStats,
-    rng: np.random.Generator | None = None,
-    sizes: list[int] | None = None,
-    E: np.ndarray | None = None,
-    calm: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Speaker-relative features (and centred embeddings when ``E`` is given).
-
-    Without rng: baseline from all the speaker's clips (unlabelled, as eval). With rng: each
-    clip gets a baseline from itself plus a random number of the speaker's other clips
-    (simulates the start of a call, when the baseline is mostly the population prior).
-    With ``calm`` (a mask of the calm clips) the baseline is what a call's would be when this clip
-    is heard: a random number of the speaker's *other* clips, half the time calm ones only."""
-    if rng is not None and calm is not None:
-        return _call_baselines(X, speakers, ps, rng, E, calm, sizes or CALL_BASELINE_SIZES)
-    Z = np.zeros_like(X, dtype=np.float32)
-    EZ = None if E is None else np.zeros_like(E, dtype=np.float32)
-    for s in np.unique(speakers):
-        idx = np.flatnonzero(speakers == s)
-        if rng is None:
-            b = ps.baseline()
-            b.update(X[idx], embedding=None if E is None else E[idx])
-            Z[idx] = b.normalise(X[idx])
-            if E is not None:
-                EZ[idx] = b.center_embedding(E[idx])
-            continue
-        for i in idx:
-            k = int(rng.choice(sizes or BASELINE_SIZES))
-            others = idx[idx != i]
-            pick = others if k - 1 >= len(others) else rng.choice(others, size=max(k - 1, 0), replace=False)
-            sel = np.concatenate([[i], pick]).astype(int)
-            b = ps.baseline()
-            b.update(X[sel], embedding=None if E is None else E[sel])
-            Z[i] = b.normalise(X[i])
-            if E is not None:
-                EZ[i] = b.center_embedding(E[i])
-    return Z, EZ
-
-
-def _call_baselines(X, speakers, ps: PopStats, rng: np.random.Generator, E, calm: np.ndarray, sizes: list[int]):
-    Z = np.zeros_like(X, dtype=np.float32)
-    EZ = None if E is None else np.zeros_like(E, dtype=np.float32)
-    for i in range(len(X)):
-        others = np.flatnonzero((speakers == speakers[i]) & (np.arange(len(X)) != i))
-        if rng.random() < CALM_FIRST and np.any(calm[others]):
-            others = others[calm[others]]
-        k = min(int(rng.choice(sizes)), len(others))
-        sel = rng.choice(others, size=k, replace=False) if k else np.zeros(0, dtype=int)
-        b = ps.baseline()
-        if k:
-            b.update(X[sel], embedding=None if E is None else E[sel])
-        Z[i] = b.normalise(X[i])
-        if E is not None:
-            EZ[i] = b.center_embedding(E[i])
-    return Z, EZ
-
-
-# ---------------------------------------------------------------------------
-# folds, metrics
-
-
-def speaker_folds(speakers: np.ndarray, corpus: np.ndarray, n_folds: int = 5) -> list[np.ndarray]:
-    """Speaker-grouped folds: each corpus's speakers spread over ``n_folds`` folds
-    (GroupKFold-style; CASIA's 2 speakers go to different folds = leave-one-speaker-out)."""
-    fold_of: dict[str, int] = {}
-    for c in sorted(set(corpus)):
-        spk = sorted(set(speakers[corpus == c]))
-        for j, s in enumerate(spk):
-            fold_of[s] = j % n_folds
-    f = np.array([fold_of[s] for s in speakers])
-    return [np.flatnonzero(f == k) for k in range(n_folds)]
-
-
-def uar(y_true: np.ndarray, y_pred: np.ndarray, n_labels: int = 3) -> float:
-    rec = [np.mean(y_pred[y_true == k] == k) for k in range(n_labels) if np.any(y_true == k)]
-    return float(np.mean(rec)) if rec else float("nan")
-
-
-def confusion(y_true: np.ndarray, y_pred: np.ndarray, n: int = 3) -> list[list[int]]:
-    m = np.zeros((n, n), dtype=int)
-    for t, p in zip(y_true, y_pred):
-        m[t, p] += 1
-    return m.tolist()
-
-
-def fold_probs(P: np.ndarray, classes: list[str]) -> np.ndarray:
-    """Model-class probabilities -> (n, 3) grades; happy/other count as calm."""
-    M = np.zeros((len(classes), 3))
-    for i, c in enumerate(classes):
-        M[i, GRADES.index(c if c in GRADES else "calm")] = 1
-    return P @ M
-
-
-def report(P3: np.ndarray, emotion: np.ndarray, grade_idx: np.ndarray, corpus: np.ndarray, lang: np.ndarray) -> dict:
-    pred = P3.argmax(1)
-    g = grade_idx >= 0
-    res = {
-        "uar": uar(grade_idx[g], pred[g]),
-        "per_corpus": {c: uar(grade_idx[g & (corpus == c)], pred[g & (corpus == c)]) for c in sorted(set(corpus[g]))},
-        "per_language": {c: uar(grade_idx[g & (lang == c)], pred[g & (lang == c)]) for c in sorted(set(lang[g]))},
-        "confusion": confusion(grade_idx[g], pred[g]),
-        "labels": list(GRADES),
-        "n": int(g.sum()),
-    }
-    hs = np.isin(emotion, ["happiness", "surprise"])
-    res["happy_as_angry"] = float(np.mean(pred[hs] == 2)) if hs.any() else None
-    res["n_happy_surprise"] = int(hs.sum())
-    return res
-
-
-# ---------------------------------------------------------------------------
-# models
 
 
 def make_model(kind: str, C: float = 1.0, seed: int = 0, pca: int | None = None):
@@ -344,55 +199,6 @@ def cross_validate(d: Data, cfg: Config, eval_variants=("clean", "tel"), n_folds
             print(f"{cfg.name():50s} gate^{a:<3} {s}{'  <== chosen' if a == chosen else ''}", flush=True)
         print(f"  ({time.time() - t0:.0f}s)", flush=True)
     return res
-
-
-# ---------------------------------------------------------------------------
-# export
-
-
-def _to_onnx(model, n_inputs: int):
-    from skl2onnx import to_onnx
-    from skl2onnx.common.data_types import FloatTensorType
-
-    return to_onnx(
-        model,
-        initial_types=[("input", FloatTensorType([None, n_inputs]))],
-        options={id(model.steps[-1][1]): {"zipmap": False}},
-        target_opset={"": 17, "ai.onnx.ml": 3},
-    )
-
-
-def export_onnx(model, n_inputs: int, path: Path, gate_model=None) -> dict:
-    """Write one ONNX graph: output ``probabilities`` (model classes) and, with a gate,
-    ``gate_probabilities`` ([P(angry), P(happy)] of the angry-vs-happy model), both from input ``input``."""
-    import onnx
-    from onnx import helper
-
-    m1 = _to_onnx(model, n_inputs)
-    names = {"prob": m1.graph.output[-1].name}
-    if gate_model is not None:
-        m2 = _to_onnx(gate_model, n_inputs)
-        m2 = onnx.compose.add_prefix(m2, "gate_")
-        g1, g2 = m1.graph, m2.graph
-        # gate graph reads the shared input
-        for node in g2.node:
-            node.input[:] = ["input" if i == "gate_input" else i for i in node.input]
-        out_gate = g2.output[-1]
-        graph = helper.make_graph(
-            list(g1.node) + list(g2.node),
-            "calltone_emotion",
-            list(g1.input),
-            [g1.output[-1], out_gate],
-            initializer=list(g1.initializer) + list(g2.initializer),
-        )
-        opsets = {o.domain: o.version for o in list(m1.opset_import) + list(m2.opset_import)}
-        merged = helper.make_model(graph, opset_imports=[helper.make_opsetid(k, v) for k, v in opsets.items()])
-        merged.ir_version = m1.ir_version
-        onnx.checker.check_model(merged)
-        m1 = merged
-        names["gate"] = out_gate.name
-    path.write_bytes(m1.SerializeToString())
-    return names
 
 
 def fit_and_export(d: Data, cfg: Config, out: Path, cv: dict, extra_meta: dict | None = None,
