@@ -45,7 +45,8 @@ class TrackerConfig(TomlConfig):
     trend_window_s: float = Field(30.0, gt=0.0, description="least-squares window (call seconds) for the trend")
     trend_min_span_s: float = Field(10.0, ge=0.0, description="trend is 0 until the window spans this long")
     trend_min_points: int = Field(3, ge=2, description="trend is 0 until the window holds this many updates")
-    trend_z: float = Field(2.0, ge=0.0, description="trend is 0 unless the slope is this many standard errors from 0")
+    trend_z: float = Field(2.0, ge=0.0, description="trend is 0 unless the slope is this many standard errors from 0 "
+                         "(as rare as z normal deviates: Student t for the window's points)")
     # emission
     emit_index_step: float = Field(5.0, gt=0.0, description="emit when the index moved this much since the last emission")
     emit_min_interval_s: float = Field(1.0, ge=0.0, description="at most one index/heartbeat emission per this long")
