@@ -55,12 +55,12 @@ class AngryConfirmedRule(_Section):
 
 
 class AngrySustainedRule(_Section):
-    enabled: bool = True
+    enabled: bool = False  # off by default: see emotion/data/escalation.toml
     min_s: float = Field(3.0, ge=0.0)
 
 
 class IndexRiseRule(_Section):
-    enabled: bool = True
+    enabled: bool = False  # off by default: see emotion/data/escalation.toml
     points: float = Field(20.0, gt=0.0)
     window_s: float = Field(20.0, gt=0.0)
     min_index: float = Field(65.0, ge=0.0, le=100.0)
@@ -90,8 +90,8 @@ class EscalationConfig(TomlConfig):
     score_agent: bool = Field(False, description="track and escalate the agent channel too (opt-in)")
     cooldown_s: float = Field(60.0, ge=0.0)
     angry_confirmed: AngryConfirmedRule = AngryConfirmedRule()
-    angry_sustained: AngrySustainedRule = AngrySustainedRule(enabled=False)
-    index_rise: IndexRiseRule = IndexRiseRule(enabled=False)
+    angry_sustained: AngrySustainedRule = AngrySustainedRule()
+    index_rise: IndexRiseRule = IndexRiseRule()
     phrase: PhraseRule = PhraseRule()
     clear: ClearRule = ClearRule()
     evidence: EvidenceConfig = EvidenceConfig()

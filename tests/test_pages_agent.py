@@ -145,7 +145,7 @@ def test_alert_reason_is_a_code_with_figures_rounded_once():
     """The index_rise sentence and the alert's evidence say one number: the index 67.46 is 67.5 in the figures and
     the evidence, and "68" wherever it is shown (the pages round as whole() does)."""
     cfg = EscalationConfig(angry_sustained={"enabled": False}, phrase={"enabled": False},
-                           index_rise={"points": 20.0, "window_s": 20.0, "min_index": 65.0, "hold_s": 0.0})
+                           index_rise={"enabled": True, "points": 20.0, "window_s": 20.0, "min_index": 65.0, "hold_s": 0.0})
     policy = EscalationPolicy(channel="customer", call_id="c1", config=cfg)
     probs = Probs(calm=0.3, anxious=0.4, angry=0.3)
 
