@@ -1,4 +1,7 @@
-"""Outgoing websocket feeds: one call's events, and the supervisors' alert feed."""
+"""Outgoing websocket feeds: one call's events, and the supervisors' alert feed.
+
+A client that goes away while a frame is being sent to it (Starlette's ``WebSocketDisconnect``) ends its feed as
+an expected end, logged at debug level; any other exception is a failure, logged with its traceback."""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from calltone.server.bus import SubscriberTooSlow
 from calltone.server.protocol import AlertMessage, ProtocolError, valid_call_id
@@ -84,6 +87,8 @@ async def call_events(ws: WebSocket, call_id: str, after: int = 0) -> None:
     except SubscriberTooSlow:
         last = stream.last if stream is not None else max(0, after)
         await refuse(ws, ProtocolError("subscriber_too_slow", f"too far behind; reconnect with ?after={last}"))
+    except WebSocketDisconnect as e:
+        log.debug("event feed of %s: the client left during a send (code %s)", call_id, e.code)
     except Exception:
         log.exception("event feed of %s failed", call_id)
         last = stream.last if stream is not None else max(0, after)
@@ -122,6 +127,8 @@ async def alerts_feed(ws: WebSocket) -> None:
         await refuse(ws, e)
     except SubscriberTooSlow:
         await refuse(ws, ProtocolError("subscriber_too_slow", "too far behind; reconnect (open alerts are re-sent)"))
+    except WebSocketDisconnect as e:
+        log.debug("alert feed: the client left during a send (code %s)", e.code)
     except Exception:
         log.exception("alert feed failed")
         await refuse(ws, ProtocolError("internal_error", "internal error"))
