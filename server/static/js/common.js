@@ -317,7 +317,8 @@ export function header(titleKey, nav = true) {
   const links = nav ? el("nav", {},
     el("a", { href: "/agent", "data-i18n": "agent_title" }),
     el("a", { href: "/supervisor", "data-i18n": "supervisor_title" }),
-    el("a", { href: "/qa", "data-i18n": "qa_title" })) : null;
+    el("a", { href: "/qa", "data-i18n": "qa_title" }),
+    el("a", { href: "/ops", "data-i18n": "ops_title" })) : null;
   const h = el("header", { class: "top" },
     el("a", { class: "brand", href: "/" }, "calltone"),
     el("h1", { "data-i18n": titleKey }),

@@ -1,4 +1,5 @@
-// Supervisor console: live calls by risk, the alert feed (ack / barge in), follow a call live.
+// Supervisor console: live calls by risk, the alert feed (ack / barge in; KPI anomalies, ops.anomaly, as their own
+// cards), follow a call live.
 import { GRADE_RANK, HttpError, api, boot, el, fill, fmtClock, fmtIndex, fmtTime, fmtTrend, gradeBadge, onLangChange, openSocket, reasonText,
   t } from "./common.js";
 import { CallView } from "./callview.js";
@@ -8,11 +9,14 @@ const app = document.getElementById("app");
 
 const calls = new Map();   // call_id -> {info, grade, index, trend} from /v1/live
 const alerts = new Map();  // alert_id -> AlertMessage
+const anomalies = new Map(); // alert_id -> AnomalyAlert (ops.anomaly: a KPI of a queue or agent, no call)
+const ANOMALY_HOURS = 24; // the anomalies shown: raised in the last day (all of them: /ops)
 let following = null;      // CallView
 let soundOn = false;
 
 const board = el("tbody", { "data-testid": "wallboard" });
 const alertList = el("div", { class: "alert-list", "data-testid": "alerts" });
+const anomalyList = el("div", { class: "alert-list", "data-testid": "anomalies" });
 const followEl = el("section", { class: "panel follow", id: "follow" });
 const soundBox = el("input", { type: "checkbox", id: "sound", onchange: (e) => { soundOn = e.target.checked; } });
 
@@ -27,7 +31,10 @@ app.replaceChildren(
     el("section", { class: "panel alerts" },
       el("div", { class: "row" }, el("h2", { "data-i18n": "alerts" }, t("alerts")), el("span", { class: "spacer" }),
         el("label", { class: "sound" }, soundBox, " ", el("span", { "data-i18n": "sound" }, t("sound")))),
-      alertList)),
+      alertList,
+      el("div", { class: "row" }, el("h2", { "data-i18n": "anomalies" }, t("anomalies")), el("span", { class: "spacer" }),
+        el("a", { href: "/ops", "data-i18n": "anomaly_open_ops", "data-testid": "anomalies-ops" }, t("anomaly_open_ops"))),
+      anomalyList)),
   followEl);
 
 // ------------------------------------------------------------------ wallboard
@@ -169,6 +176,46 @@ function renderAlerts() {
   }));
 }
 
+// ------------------------------------------------------------------ KPI anomalies (ops.anomaly)
+
+const PCT = (v) => `${(100 * v).toFixed(1)}%`;
+
+/** An anomaly's card: which KPI, where (queue or agent), the hour judged and the figures that raised it. */
+function anomalyCard(a) {
+  const f = a.figures;
+  const link = new URLSearchParams({ bucket: "hour", kpi: a.kpi, [a.scope]: a.scope_value });
+  return el("article", { class: "alert-card anomaly-card status-open", "data-anomaly": a.alert_id, "data-kpi": a.kpi,
+    "data-scope": a.scope, "data-value": a.scope_value },
+    el("div", { class: "row" },
+      el("span", { class: "pill alert" }, "📈 ", t("anomaly")),
+      el("b", { class: "kpi" }, t(`kpi_${a.kpi}`)),
+      el("span", { class: "scope" }, `${t(`ops_g_${a.scope}`)} ${a.scope_value}`),
+      el("span", { class: "spacer" }), el("span", { class: "muted" }, fmtTime(a.raised_at))),
+    el("p", { class: "reason figures" }, t("anomaly_value", { value: PCT(f.value), count: f.count, calls: f.calls,
+      from: fmtTime(a.window_start), to: fmtTime(a.window_end) })),
+    el("p", { class: "muted baseline" }, t("anomaly_baseline", { value: PCT(f.baseline_value), count: f.baseline_count,
+      calls: f.baseline_calls, weeks: f.baseline_weeks })),
+    el("p", { class: "muted test" }, t("anomaly_test", { z: f.z.toFixed(2), min_z: f.min_z,
+      increase: `${(100 * (f.value - f.baseline_value)).toFixed(1)}`, min_increase: `${(100 * f.min_increase).toFixed(1)}` })),
+    el("div", { class: "row actions" }, el("span", { class: "spacer" }),
+      el("a", { href: `/ops?${link}`, "data-action": "ops" }, t("anomaly_open_ops"))));
+}
+
+function renderAnomalies() {
+  const list = [...anomalies.values()].sort((a, b) => b.raised_at - a.raised_at);
+  anomalyList.replaceChildren(...(list.length ? list.map(anomalyCard) : [el("p", { class: "empty" }, t("no_anomalies"))]));
+}
+
+/** The anomalies raised before the feed connected (the feed brings the later ones). */
+async function loadAnomalies() {
+  try {
+    for (const a of await api(`/v1/anomalies?hours=${ANOMALY_HOURS}`)) anomalies.set(a.alert_id, a);
+    renderAnomalies();
+  } catch (e) {
+    anomalyList.replaceChildren(el("p", { class: "error" }, e instanceof HttpError && e.status === 403 ? t("forbidden") : t("error", { msg: e.message })));
+  }
+}
+
 let alertRetry = 0;
 const retryAlerts = () => setTimeout(connectAlerts, Math.min(5000, 300 * 2 ** alertRetry++));
 async function connectAlerts() {
@@ -181,10 +228,16 @@ async function connectAlerts() {
     return;
   }
   let lastError = null;
-  ws.onopen = () => { alertRetry = 0; };
+  ws.onopen = () => { alertRetry = 0; loadAnomalies(); };
   ws.onmessage = (m) => {
     const msg = JSON.parse(m.data);
     if (msg.type === "error") { lastError = msg.code; return; }
+    if (msg.type === "ops.anomaly") {
+      if (!anomalies.has(msg.alert_id)) beep();
+      anomalies.set(msg.alert_id, msg);
+      renderAnomalies();
+      return;
+    }
     const old = alerts.get(msg.alert_id);
     if (msg.type === "escalation.raised" && !msg.replay && !old) beep();
     // never let a replayed "open" overwrite a newer acknowledged state
@@ -228,10 +281,11 @@ function unfollow() {
   renderBoard();
 }
 
-onLangChange(() => { renderBoard(); renderAlerts(); if (!following) unfollow(); else followEl.querySelector("h2").textContent = t("following"); });
+onLangChange(() => { renderBoard(); renderAlerts(); renderAnomalies(); if (!following) unfollow(); else followEl.querySelector("h2").textContent = t("following"); });
 
 renderBoard();
 renderAlerts();
+renderAnomalies();
 const initial = new URL(location.href).searchParams.get("call");
 if (initial) follow(initial); else unfollow();
 // a first authenticated request (asks for a token if needed) before opening the alert socket
