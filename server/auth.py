@@ -42,6 +42,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "read_calls": frozenset({"agent", "supervisor", "qa", "admin"}),   # agents: own calls only
     "alerts": frozenset({"supervisor", "admin"}),                       # live alert feed
     "list_alerts": frozenset({"supervisor", "qa", "admin"}),
+    "read_kpis": frozenset({"supervisor", "qa", "admin"}),              # KPIs over time and their anomalies
     "ack": frozenset({"supervisor", "admin"}),
     "metrics": frozenset({"admin", "supervisor"}),
     "score": frozenset({"qa", "admin"}),                                # batch scoring jobs and their reports

@@ -19,7 +19,6 @@ from calltone.server.kpis import Bucket, GroupBy, KpiReport, KpiRequest, bucket_
 router = APIRouter()
 
 DEFAULT_RANGE_S = 7 * 86400  # no `from`: the week before `to`
-READ_KPIS = "list_alerts"  # the roles that read every call's alerts read the KPIs: supervisor, QA, admin
 TIME_HELP = ("Unix seconds, or ISO 8601: a date (midnight in tz; as `to`, the end of that day) or a date-time (in tz "
              "unless it has an offset)")
 
@@ -59,7 +58,7 @@ async def kpis(request: Request, start: str | None = Query(None, alias="from", d
                tz: str = Query("UTC", description="IANA time zone of the buckets and of dates without an offset"),
                bucket: Bucket = Query("day"), group_by: GroupBy | None = Query(None),
                queue: str | None = None, agent: str | None = None, language: str | None = None,
-               direction: str | None = None, who: Principal = Depends(principal(READ_KPIS))) -> Response:
+               direction: str | None = None, who: Principal = Depends(principal("read_kpis"))) -> Response:
     zone = _zone(tz)
     until = _instant("to", end, zone, end_of_day=True) if end else time.time()
     since = _instant("from", start, zone, end_of_day=False) if start else until - DEFAULT_RANGE_S
@@ -80,7 +79,7 @@ async def kpis(request: Request, start: str | None = Query(None, alias="from", d
 @router.get("/v1/anomalies", response_model=list[AnomalyAlert], tags=["operations"],
             summary="ops.anomaly alerts raised in the last `hours` hours, newest first (roles: supervisor, QA, admin)")
 async def anomalies(request: Request, hours: float = Query(24.0, gt=0, le=24 * 90), limit: int = Query(100, ge=1, le=1000),
-                    who: Principal = Depends(principal(READ_KPIS))) -> list[AnomalyAlert]:
+                    who: Principal = Depends(principal("read_kpis"))) -> list[AnomalyAlert]:
     since = time.time() - hours * 3600
     rows = await _services(request).store.read(lambda r: r.list_anomalies(since, limit))
     return [AnomalyAlert.of_row(row) for row in rows]
