@@ -19,11 +19,17 @@ import soundfile as sf
 from calltone.batch.labels import LabelledRecording, find_labelled_calls
 from calltone.speech.audio import load_recording
 
-from .dataset import Manifest
+from .dataset import EMO_TO_CLASS, Manifest
 
 GRADE_EMOTION = {"calm": "calm", "anxious": "fear", "angry": "anger"}  # the corpora's labels for each grade
 COLUMNS = ["path", "corpus", "lang", "speaker", "gender", "emotion", "grade", "intensity", "duration_s", "text"]
 MIN_CLIP_S = 0.5
+
+
+def _emotion(label: str | None, grade: str) -> str:
+    """The corpus label of a segment: its own finer label when training knows it (happiness and surprise train
+    the happy-vs-angry gate), else the one its grade stands for."""
+    return label if label in EMO_TO_CLASS else GRADE_EMOTION[grade]
 
 
 def _clips(rec: LabelledRecording, out: Path) -> list[dict]:
@@ -38,7 +44,7 @@ def _clips(rec: LabelledRecording, out: Path) -> list[dict]:
         path = out / f"{rec.name}-{i:03d}.flac"
         sf.write(str(path), np.asarray(clip, dtype=np.float32), sr)
         rows.append({"path": str(path.resolve()), "corpus": "calls", "lang": rec.labels.language or "",
-                     "speaker": speaker, "gender": "", "emotion": GRADE_EMOTION[seg.grade], "grade": seg.grade,
+                     "speaker": speaker, "gender": "", "emotion": _emotion(seg.emotion, seg.grade), "grade": seg.grade,
                      "intensity": "", "duration_s": round(len(clip) / sr, 3), "text": seg.text or ""})
     return rows
 
