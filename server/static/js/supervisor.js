@@ -202,6 +202,8 @@ function anomalyCard(a) {
 }
 
 function renderAnomalies() {
+  const since = Date.now() / 1000 - ANOMALY_HOURS * 3600;
+  for (const [id, a] of anomalies) if (a.raised_at < since) anomalies.delete(id); // a page left open for days
   const list = [...anomalies.values()].sort((a, b) => b.raised_at - a.raised_at);
   anomalyList.replaceChildren(...(list.length ? list.map(anomalyCard) : [el("p", { class: "empty" }, t("no_anomalies"))]));
 }
