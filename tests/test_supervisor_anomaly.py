@@ -71,7 +71,7 @@ def test_an_anomaly_is_its_own_card_with_its_figures_and_no_call_buttons(browser
     assert "Calls that reached angry" in text and "Queue billing" in text
     assert "66.7% of calls (8 of 12)" in text
     assert "Baseline 10.0% (8 of 80 calls, same hour of the 4 weeks before)" in text
-    assert f"+56.7 points (alarm from +15.0), {f['z']:.2f} standard errors (alarm from 3)" in text
+    assert f"+56.7 percentage points (alarm from +15.0), {f['z']:.2f} standard errors (alarm from 3)" in text
     assert billing.locator("button").count() == 0  # no acknowledge, no barge-in: there is no call
     assert page.locator("[data-testid=alerts] [data-anomaly]").count() == 0  # not among the call alerts
     assert billing.locator("a[data-action=ops]").get_attribute("href").startswith("/ops?")

@@ -55,7 +55,7 @@ export const STRINGS = {
     anomalies: "KPI anomalies (last 24 h)", no_anomalies: "No KPI anomalies.", anomaly: "KPI anomaly",
     anomaly_value: "{value} of calls ({count} of {calls}) from {from} to {to}",
     anomaly_baseline: "Baseline {value} ({count} of {calls} calls, same hour of the {weeks} weeks before)",
-    anomaly_test: "+{increase} points (alarm from +{min_increase}), {z} standard errors (alarm from {min_z})",
+    anomaly_test: "+{increase} percentage points (alarm from +{min_increase}), {z} standard errors (alarm from {min_z})",
     anomaly_open_ops: "KPIs ↗",
     ack: "Acknowledge",
     barge: "Barge in",

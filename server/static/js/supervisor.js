@@ -187,7 +187,7 @@ function anomalyCard(a) {
   return el("article", { class: "alert-card anomaly-card status-open", "data-anomaly": a.alert_id, "data-kpi": a.kpi,
     "data-scope": a.scope, "data-value": a.scope_value },
     el("div", { class: "row" },
-      el("span", { class: "pill alert" }, "📈 ", t("anomaly")),
+      el("span", { class: "pill alert" }, "⚠ ", t("anomaly")),
       el("b", { class: "kpi" }, t(`kpi_${a.kpi}`)),
       el("span", { class: "scope" }, `${t(`ops_g_${a.scope}`)} ${a.scope_value}`),
       el("span", { class: "spacer" }), el("span", { class: "muted" }, fmtTime(a.raised_at))),
