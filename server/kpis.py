@@ -2,7 +2,7 @@
 
 A call's figures are columns of its row, written once at call end (:func:`call_columns`, migration
 ``0004_kpis``).  The store sums them in SQL per bucket and group (``Repository.kpi_sums``, one statement for
-SQLite and PostgreSQL in ``server/sqlbase.py``).  The viewer's hours, days and weeks (an IANA time zone) are
+SQLite and PostgreSQL in ``server/sqlkpis.py``).  The viewer's hours, days and weeks (an IANA time zone) are
 computed there as ``FLOOR((started_at + shift) / length) * length - shift`` with the zone's UTC offset in the
 shift; so a range is cut where the offset changes (daylight saving time: :func:`plan`, one query per piece),
 and a bucket that spans a change (the 23- or 25-hour day) adds up the pieces' sums.  The sums become the

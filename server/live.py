@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Literal
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from calltone.server.feeds import CallStream
 from calltone.server.protocol import ProtocolError
@@ -219,6 +219,8 @@ async def live_feed(ws: WebSocket) -> None:
         await until_disconnect(ws, viewer.run(ws, snapshot))
     except ProtocolError as e:
         await refuse(ws, e)
+    except WebSocketDisconnect as e:  # the viewer left during a send: an expected end
+        log.debug("live feed: the viewer left during a send (code %s)", e.code)
     except Exception:
         log.exception("live feed failed")
         await refuse(ws, ProtocolError("internal_error", "internal error; reconnect (a new snapshot is sent)"))

@@ -1,5 +1,5 @@
 """Searching calls: ``GET /v1/search`` by words of the (PII-masked) transcript, agent, queue, date range, peak grade
-and escalation, one page at a time (the SQL: ``SqlRepository.search_calls`` in ``server/sqlbase.py``)."""
+and escalation, one page at a time (the SQL: ``ReviewQueries.search_calls`` in ``server/sqlreview.py``)."""
 
 from __future__ import annotations
 

@@ -107,14 +107,17 @@ def test_full_disk_is_refused_not_lost(small_fs, runtime):
             assert json.loads(ws.recv(timeout=10))["type"] == "started"
             feed = Listener(ws_url(srv, "/v1/calls/full-1/events", SUP))
             echoed: list[dict] = []
-            for i in range(0, 3 * rate, step):  # 3 s while the disk has room
-                ws.send(encode_pcm(audio[i : i + step], "pcm_s16le"))
-            sync(ws, echoed)
-            while len(echoed) < 3:  # a few events stored and published before the disk fills
+            sent = 0
+            while len(echoed) < 3 and sent < 15 * rate:  # a few events stored and published before the disk fills
+                for i in range(sent, sent + rate, step):  # one more second while the disk has room
+                    ws.send(encode_pcm(audio[i : i + step], "pcm_s16le"))
+                sent += rate
+                sync(ws, echoed)
+            while len(echoed) < 3:
                 echoed.append(json.loads(ws.recv(timeout=30)))
             filler = fill(small_fs)
             try:  # keep streaming until the server cuts the producer off
-                for i in range(3 * rate, len(audio), step):
+                for i in range(sent, len(audio), step):
                     ws.send(encode_pcm(audio[i : i + step], "pcm_s16le"))
             except ConnectionClosed:
                 pass
