@@ -67,3 +67,20 @@ def runtime():
     rt = Runtime.create(Settings())
     yield rt
     rt.close()
+
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's Chromium (make test installs it); Playwright never downloads one here
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium per test module (the page tests)."""
+    playwright_sync = pytest.importorskip("playwright.sync_api", reason="pip install playwright (make test installs it)")
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} missing: `make test` installs Debian's chromium")
+    with playwright_sync.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=BROWSER_ARGS)
+        yield b
+        b.close()

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from calltone.batch.evaluation import CallOutcome, figures, outcome
+from calltone.batch.evaluation import figures, outcome
 from calltone.batch.labels import LabelledCall, find_labelled_calls
 from calltone.events import EmotionUpdate, EscalationRaised, Probs
 

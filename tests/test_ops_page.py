@@ -20,10 +20,7 @@ from calltone.settings import PrivacySettings, ServerSettings, Settings
 from .conftest import REPO
 from .test_kpis import CALLS, SHANGHAI, SUP, TOKENS, rest, seed, traffic
 
-CHROMIUM = Path("/usr/bin/chromium")
 OUT = REPO / "test-output" / "pages"
-BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
 RANGE = "from=2025-11-24&to=2025-11-25"  # Monday and Tuesday (tests/test_kpis.py: CALLS)
 
 playwright_sync = pytest.importorskip("playwright.sync_api", reason="pip install playwright (make test installs it)")
@@ -43,16 +40,6 @@ def server(tmp_path_factory, runtime):
         while not rest(srv, "/v1/anomalies")[1] and time.time() < deadline:
             time.sleep(0.1)
         yield srv
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} missing: `make test` installs Debian's chromium")
-    with playwright_sync.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=BROWSER_ARGS)
-        yield b
-        b.close()
 
 
 def open_ops(browser, server, query: str, zone: str = "Asia/Shanghai", locale: str = "en-US"):

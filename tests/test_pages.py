@@ -26,7 +26,6 @@ from calltone.settings import ServerSettings, Settings
 
 from .conftest import EMOTION_SPEECH, MAKE_CALLS, REPO, require
 
-CHROMIUM = Path("/usr/bin/chromium")
 OUT = REPO / "test-output" / "pages"
 DOCS_SHOTS = REPO / "docs" / "screenshots"
 TOKENS = {
@@ -37,8 +36,6 @@ TOKENS = {
 }
 INGEST, AGENT, SUP, QA = TOKENS
 CALL_ID = "pages-escalate-1"
-BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
 
 playwright_sync = pytest.importorskip("playwright.sync_api", reason="pip install playwright (make test installs it)")
 
@@ -63,16 +60,6 @@ def server(tmp_path_factory, runtime):
     with ServerThread(app, s) as srv:
         srv.wait_ready()
         yield srv
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} missing: `make test` installs Debian's chromium")
-    with playwright_sync.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=BROWSER_ARGS)
-        yield b
-        b.close()
 
 
 def new_page(browser, locale="en-US", width=1400, height=900):

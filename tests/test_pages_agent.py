@@ -12,7 +12,6 @@ import re
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,7 +25,6 @@ from calltone.server.record import CallRecord
 from calltone.settings import ServerSettings, Settings
 from calltone.summary import summarize
 
-CHROMIUM = Path("/usr/bin/chromium")
 TOKENS = {"ingest-token-0001": "ingest", "agent-a1-token-01": "agent:a1", "supervisor-tok-01": "supervisor:sam",
           "qa-token-00000001": "qa:quinn"}
 INGEST, AGENT, SUP, QA = TOKENS
@@ -49,16 +47,6 @@ def server(tmp_path_factory, runtime):
     with ServerThread(create_app(s, runtime), s) as srv:
         srv.wait_ready()
         yield srv
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} missing: `make test` installs Debian's chromium")
-    with playwright_sync.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox", "--disable-gpu"])
-        yield b
-        b.close()
 
 
 def new_page(browser, locale: str = "en-US"):

@@ -24,7 +24,7 @@ from calltone.server.audiokeeper import AudioKeeper
 from calltone.settings import ServerSettings, Settings
 
 from .conftest import SPEECH, needs_shared
-from .test_pages import BROWSER_ARGS, CHROMIUM, new_page, playwright_sync
+from .test_pages import new_page
 
 pytestmark = needs_shared(SPEECH / "stereo_diarization.wav", SPEECH / "jfk.flac")
 
@@ -208,16 +208,6 @@ def test_access_log_pages(server):
     times = [e["at"] for e in entries]
     assert times == sorted(times, reverse=True) and len({e["id"] for e in entries}) == 4
     assert first["entries"][0]["principal"] == "admin" and first["entries"][0]["bytes"] == 10
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} missing: `make test` installs Debian's chromium")
-    with playwright_sync.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=BROWSER_ARGS)
-        yield b
-        b.close()
 
 
 PLAYER_READY = "() => { const a = document.querySelector('[data-testid=player]'); return a && a.readyState >= 1; }"

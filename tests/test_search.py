@@ -18,7 +18,8 @@ from calltone.server.app import ServerThread, create_app
 from calltone.settings import ServerSettings, Settings
 
 from .pg import postgres  # noqa: F401 -- the session's PostgreSQL server
-from .test_pages import BROWSER_ARGS, CHROMIUM, new_page, playwright_sync
+from .conftest import BROWSER_ARGS, CHROMIUM
+from .test_pages import new_page, playwright_sync
 
 TOKENS = {"qa-token-0000001": "qa:quinn", "agent-a1-token-01": "agent:a1"}
 QA, A1 = TOKENS

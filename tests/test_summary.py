@@ -29,7 +29,6 @@ from calltone.summary import CallSummary, summarize
 
 from .conftest import EMOTION_SPEECH, MAKE_CALLS, require
 
-CHROMIUM = Path("/usr/bin/chromium")
 TOKENS = {"ingest-token-0001": "ingest", "qa-token-00000001": "qa:quinn", "supervisor-tok-01": "supervisor:sam"}
 INGEST, QA, SUP = TOKENS
 
@@ -221,17 +220,6 @@ def expected_metrics(s: CallSummary, names: dict[str, str], words_per_min: str) 
             f"{clock(s.silence_s)} ({pct(s.silence_share)})", clock(s.longest_silence_s), clock(s.overtalk_s),
             by_role(s.interruptions, str), f"{math.floor(s.agent_speech_rate + 0.5)} {words_per_min}",
             str(s.final_segments), str(s.escalations)]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright (make test installs it)")
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} missing: `make test` installs Debian's chromium")
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox", "--disable-gpu"])
-        yield b
-        b.close()
 
 
 def test_job_report_api_page_and_live_stream_agree_on_the_summary(server, recording, browser):

@@ -22,7 +22,8 @@ from calltone.server.live import UPDATE_EVERY_S
 from calltone.settings import ServerSettings, Settings
 
 from .redis_server import RedisServer, redis_server  # noqa: F401 -- the fixture
-from .test_pages import BROWSER_ARGS, CHROMIUM, new_page, playwright_sync, until
+from .conftest import BROWSER_ARGS, CHROMIUM
+from .test_pages import new_page, playwright_sync, until
 
 CALLS = 200
 TOKENS = {"super-token-0001": "supervisor:sam", "agent-a1-token-01": "agent:a1"}
