@@ -17,7 +17,7 @@ from calltone.server.sqlite import SqliteRepository
 from calltone.settings import AnomalySettings, PrivacySettings, ServerSettings, Settings
 
 from .test_kpis import SUP, TOKENS, Seed, rest, seed, traffic
-from .test_ops_page import OUT, browser  # noqa: F401 -- the module's Chromium
+from .test_ops_page import OUT
 
 LAST_HOUR = (time.time() // 3600 - 1) * 3600  # a whole hour, judged at every evaluation
 
