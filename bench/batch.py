@@ -152,7 +152,7 @@ def main() -> None:
     plain = stages(files)
     print(f"stages: {plain['cpu']}", file=sys.stderr)
     lines = [
-        f"### Batch scoring (`calltone score`)",
+        "### Batch scoring (`calltone score`)",
         "",
         f"Machine: {platform.node()}, {os.cpu_count()} cores, {platform.processor() or platform.machine()}; "
         f"date {time.strftime('%Y-%m-%d')}; command `python bench/batch.py --calls {args.calls} --workers {args.workers}`.",

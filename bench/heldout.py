@@ -107,15 +107,11 @@ def compose(work: Path, k: int, speakers: list[str], which: str) -> Path:
         corpus = _speaker_corpus(work, speaker)
         for c, (telephony, channel) in enumerate(CONDITIONS):
             kind_i = (j + c + offset) % len(KINDS)
-            tmp = work / "tmp" / f"{speaker}-{c}"
-            cmd = [sys.executable, str(SHARED / "tools" / "make_calls.py"), str(corpus), str(tmp), "--calls", str(kind_i + 1),
-                   "--seed", str(seed * 1000 + 10 * j + c + 100 * k), "--customer-channel", str(channel)]
-            subprocess.run(cmd + (["--telephony"] if telephony else []), check=True, capture_output=True)
-            name = f"call{kind_i:03d}-{KINDS[kind_i]}"
-            dest = f"{speaker}-{'8k' if telephony else '16k'}-ch{channel}-{KINDS[kind_i]}"
+            tmp = _make_call(corpus, work / "tmp" / f"{speaker}-{c}", kind_i, seed * 1000 + 10 * j + c + 100 * k,
+                             telephony, channel)
             for ext in (".wav", ".json"):
-                (tmp / f"{name}{ext}").rename(out / f"{dest}{ext}")
-            shutil.rmtree(tmp)
+                tmp.with_suffix(ext).rename(out / f"{speaker}-{'8k' if telephony else '16k'}-ch{channel}-{KINDS[kind_i]}{ext}")
+            shutil.rmtree(tmp.parent)
         _cheerful_call(work, k, j, speaker, which, out)
     return out
 
@@ -125,15 +121,22 @@ def _cheerful_call(work: Path, k: int, j: int, speaker: str, which: str, out: Pa
     a cheerful caller must not read as an angry one)."""
     seed, offset = SEEDS[which]
     telephony, channel = CONDITIONS[(j + offset) % len(CONDITIONS)]
-    tmp = work / "tmp" / f"{speaker}-cheerful"
-    cmd = [sys.executable, str(SHARED / "tools" / "make_calls.py"), str(_speaker_corpus(work, speaker, cheerful=True)),
-           str(tmp), "--calls", "1", "--seed", str(seed * 1000 + 10 * j + 7 + 100 * k), "--customer-channel", str(channel)]
-    subprocess.run(cmd + (["--telephony"] if telephony else []), check=True, capture_output=True)
+    tmp = _make_call(_speaker_corpus(work, speaker, cheerful=True), work / "tmp" / f"{speaker}-cheerful", 0,
+                     seed * 1000 + 10 * j + 7 + 100 * k, telephony, channel)
     dest = out / f"{speaker}-{'8k' if telephony else '16k'}-ch{channel}-cheerful"
-    (tmp / "call000-steady.wav").rename(dest.with_suffix(".wav"))
-    truth = json.loads((tmp / "call000-steady.json").read_text())
+    tmp.with_suffix(".wav").rename(dest.with_suffix(".wav"))
+    truth = json.loads(tmp.with_suffix(".json").read_text())
     (dest.with_suffix(".json")).write_text(json.dumps({**truth, "kind": "cheerful"}, ensure_ascii=False, indent=1))
-    shutil.rmtree(tmp)
+    shutil.rmtree(tmp.parent)
+
+
+def _make_call(corpus: Path, folder: Path, kind_i: int, seed: int, telephony: bool, channel: int) -> Path:
+    """One call of kind ``KINDS[kind_i]`` composed by make_calls.py into ``folder``: its path without the suffix
+    (make_calls.py writes the kinds in order, so it composes kind_i + 1 calls and the last is this one)."""
+    cmd = [sys.executable, str(SHARED / "tools" / "make_calls.py"), str(corpus), str(folder), "--calls", str(kind_i + 1),
+           "--seed", str(seed), "--customer-channel", str(channel)]
+    subprocess.run(cmd + (["--telephony"] if telephony else []), check=True, capture_output=True)
+    return folder / f"call{kind_i:03d}-{KINDS[kind_i]}"
 
 
 def score_fold(work: Path, k: int, calls: Path, workers: int | None) -> list:

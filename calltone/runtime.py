@@ -7,17 +7,23 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from calltone.settings import Settings, get_settings
+
+if TYPE_CHECKING:  # loaded in Runtime.create: importing this module stays cheap
+    from calltone.emotion.channel import EmotionModels
+    from calltone.speech.vad import SileroVad
+    from calltone.speech.worker import AsrWorker
 
 
 @dataclass
 class Runtime:
     settings: Settings
-    asr: "AsrWorker"
+    asr: AsrWorker
     cpu: ThreadPoolExecutor
-    vad_model: "SileroVad"
-    emotion: "EmotionModels"
+    vad_model: SileroVad
+    emotion: EmotionModels
 
     @classmethod
     def create(cls, settings: Settings | None = None, cpu_workers: int | None = None) -> "Runtime":

@@ -26,6 +26,13 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from calltone.emotion.classifier import DEFAULT_MODEL, PROSODY_MODEL, EmotionClassifier
+from calltone.emotion.escalation import EscalationConfig, EscalationPolicy
+from calltone.emotion.features import extract_features
+from calltone.emotion.fusion import Fuser, FusionConfig
+from calltone.emotion.guidance import GuidanceBook, GuidanceEmitter
+from calltone.emotion.lexicon import Lexicon, RepeatDetector
+from calltone.emotion.tracker import EmotionTracker, TrackerConfig
 from calltone.events import GRADES, Cue, Event, Probs
 from calltone.settings import EmotionSettings
 from calltone.speech.audio import SAMPLE_RATE
@@ -40,23 +47,16 @@ MIN_VOICE_S = 1.0  # pitch and rate statistics over less speech are noise
 
 @dataclass
 class EmotionModels:
-    main: "EmotionClassifier"  # prosody + Whisper embedding
-    prosody: "EmotionClassifier"  # the voice alone, when no embedding is available
-    lexicon: "Lexicon"
-    fusion: "FusionConfig"
-    tracker: "TrackerConfig"
-    escalation: "EscalationConfig"
-    guidance: "GuidanceBook"
+    main: EmotionClassifier  # prosody + Whisper embedding
+    prosody: EmotionClassifier  # the voice alone, when no embedding is available
+    lexicon: Lexicon
+    fusion: FusionConfig
+    tracker: TrackerConfig
+    escalation: EscalationConfig
+    guidance: GuidanceBook
 
     @classmethod
-    def load(cls, settings: EmotionSettings) -> "EmotionModels":
-        from calltone.emotion.classifier import DEFAULT_MODEL, PROSODY_MODEL, EmotionClassifier
-        from calltone.emotion.escalation import EscalationConfig
-        from calltone.emotion.fusion import FusionConfig
-        from calltone.emotion.guidance import GuidanceBook
-        from calltone.emotion.lexicon import Lexicon
-        from calltone.emotion.tracker import TrackerConfig
-
+    def load(cls, settings: EmotionSettings) -> EmotionModels:
         escalation = EscalationConfig.load(settings.escalation_config)
         if settings.score_agent:  # the setting opts in; the escalation file may too
             escalation = escalation.model_copy(update={"score_agent": True})
@@ -103,8 +103,6 @@ class _Heard:
 
 def voice_features(audio: np.ndarray) -> np.ndarray | None:
     """Prosody features of the last VOICE_WINDOW_S of ``audio``; None when too short or silent to grade."""
-    from calltone.emotion.features import extract_features
-
     window = audio[-int(VOICE_WINDOW_S * SAMPLE_RATE) :]
     if len(window) < int(MIN_VOICE_S * SAMPLE_RATE):
         return None
@@ -115,12 +113,6 @@ def voice_features(audio: np.ndarray) -> np.ndarray | None:
 class EmotionChannel:
     def __init__(self, call_id: str, channel: str, models: EmotionModels, cpu: Executor,
                  emit: Callable[[Event], None], language: Callable[[], str | None]) -> None:
-        from calltone.emotion.escalation import EscalationPolicy
-        from calltone.emotion.fusion import Fuser
-        from calltone.emotion.guidance import GuidanceEmitter
-        from calltone.emotion.lexicon import RepeatDetector
-        from calltone.emotion.tracker import EmotionTracker
-
         self.call_id, self.channel = call_id, channel
         self.models, self.cpu, self.emit, self.language = models, cpu, emit, language
         self.baseline_main = models.main.new_baseline()

@@ -20,11 +20,10 @@ from typing import Sequence
 from pydantic import Field, model_validator
 from scipy.special import stdtrit
 
-from calltone.events import GRADES, INDEX_BANDS, Cue, EmotionUpdate, Grade, Probs
+from calltone.events import INDEX_BANDS, Cue, EmotionUpdate, Grade, Probs
 
 from .fusion import DEFAULT_TRACKING_PATH, TomlConfig, normalised_probs, probs_vector
 
-_RANK = {g: i for i, g in enumerate(GRADES)}
 _EPS = 1e-9
 
 

@@ -126,23 +126,18 @@ class LoggedAudio(FileResponse):
         self.services, self.who, self.call_id, self.kind, self.byte_range = services, who, call_id, kind, byte_range
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        sent = {"status": 0, "bytes": 0}
-
-        async def counting(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                sent["status"] = message["status"]
-            elif message["type"] == "http.response.body":
-                sent["bytes"] += len(message.get("body", b""))
+        async def logged_first(message: Message) -> None:
+            """The access is committed to the log before any audio leaves: a response the log lacks is never sent."""
+            if (message["type"] == "http.response.start" and message["status"] in LOGGED_STATUSES
+                    and scope.get("method") == "GET"):
+                length = dict(message.get("headers", [])).get(b"content-length", b"0")
+                entry = {"id": uuid.uuid4().hex, "at": round(time.time(), 3), "principal": self.who.name,
+                         "role": self.who.role, "call_id": self.call_id, "kind": self.kind, "byte_range": self.byte_range,
+                         "status": message["status"], "bytes": int(length)}
+                await self.services.store.write(lambda r: r.log_audio_access(entry))
             await send(message)
 
-        try:
-            await super().__call__(scope, receive, counting)
-        finally:
-            if sent["status"] in LOGGED_STATUSES and scope.get("method") == "GET":
-                entry = {"id": uuid.uuid4().hex, "at": round(time.time(), 3), "principal": self.who.name, "role": self.who.role,
-                         "call_id": self.call_id, "kind": self.kind, "byte_range": self.byte_range,
-                         "status": sent["status"], "bytes": sent["bytes"]}
-                await self.services.store.write(lambda r: r.log_audio_access(entry))
+        await super().__call__(scope, receive, logged_first)
 
 
 class AudioTicket(BaseModel):
@@ -163,7 +158,7 @@ class AudioAccess(BaseModel):
     kind: Kind
     byte_range: str | None = Field(None, description="the Range header asked for (None: the whole file)")
     status: int = Field(description="200 or 206")
-    bytes: int = Field(description="bytes of audio sent")
+    bytes: int = Field(description="bytes of audio in the response (its Content-Length; logged before they are sent)")
 
 
 class AudioAccessList(BaseModel):

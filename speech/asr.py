@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path

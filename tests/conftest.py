@@ -9,6 +9,8 @@ locally the test is skipped with that reason.  Mark tests or modules with
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
@@ -84,3 +86,16 @@ def browser():
         b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=BROWSER_ARGS)
         yield b
         b.close()
+
+
+@contextmanager
+def page_server(tmp_path_factory, runtime, tokens: dict[str, str]) -> Iterator:
+    """A real server (uvicorn on loopback) with its own data folder and these tokens, ready: the page tests' server."""
+    from calltone.server.app import ServerThread, create_app
+    from calltone.settings import ServerSettings, Settings
+
+    s = Settings()
+    s.server = ServerSettings(data_dir=tmp_path_factory.mktemp("data"), tokens=dict(tokens))
+    with ServerThread(create_app(s, runtime), s) as srv:
+        srv.wait_ready()
+        yield srv

@@ -19,12 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from calltone.server.app import ServerThread, create_app
 from calltone.server.demo import demo_banner
 from calltone.speech.audio import encode_pcm
 from calltone.settings import ServerSettings, Settings
 
-from .conftest import EMOTION_SPEECH, MAKE_CALLS, REPO, require
+from .conftest import EMOTION_SPEECH, MAKE_CALLS, REPO, page_server, require
 
 OUT = REPO / "test-output" / "pages"
 DOCS_SHOTS = REPO / "docs" / "screenshots"
@@ -54,11 +53,7 @@ def escalate_call(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, runtime):
-    s = Settings()
-    s.server = ServerSettings(data_dir=tmp_path_factory.mktemp("data"), tokens=dict(TOKENS))
-    app = create_app(s, runtime)
-    with ServerThread(app, s) as srv:
-        srv.wait_ready()
+    with page_server(tmp_path_factory, runtime, TOKENS) as srv:
         yield srv
 
 

@@ -25,6 +25,8 @@ from calltone.server.record import CallRecord
 from calltone.settings import ServerSettings, Settings
 from calltone.summary import summarize
 
+from .conftest import page_server
+
 TOKENS = {"ingest-token-0001": "ingest", "agent-a1-token-01": "agent:a1", "supervisor-tok-01": "supervisor:sam",
           "qa-token-00000001": "qa:quinn"}
 INGEST, AGENT, SUP, QA = TOKENS
@@ -40,12 +42,7 @@ playwright_sync = pytest.importorskip("playwright.sync_api", reason="pip install
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, runtime):
-    from calltone.server.app import ServerThread, create_app
-
-    s = Settings()
-    s.server = ServerSettings(data_dir=tmp_path_factory.mktemp("data"), tokens=dict(TOKENS))
-    with ServerThread(create_app(s, runtime), s) as srv:
-        srv.wait_ready()
+    with page_server(tmp_path_factory, runtime, TOKENS) as srv:
         yield srv
 
 

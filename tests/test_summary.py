@@ -24,10 +24,9 @@ import pytest
 
 from calltone.emotion.escalation import reason_text
 from calltone.events import parse_event
-from calltone.settings import ServerSettings, Settings
 from calltone.summary import CallSummary, summarize
 
-from .conftest import EMOTION_SPEECH, MAKE_CALLS, require
+from .conftest import EMOTION_SPEECH, MAKE_CALLS, page_server, require
 
 TOKENS = {"ingest-token-0001": "ingest", "qa-token-00000001": "qa:quinn", "supervisor-tok-01": "supervisor:sam"}
 INGEST, QA, SUP = TOKENS
@@ -133,12 +132,7 @@ def recording(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, runtime):
-    from calltone.server.app import ServerThread, create_app
-
-    s = Settings()
-    s.server = ServerSettings(data_dir=tmp_path_factory.mktemp("data"), tokens=dict(TOKENS))
-    with ServerThread(create_app(s, runtime), s) as srv:
-        srv.wait_ready()
+    with page_server(tmp_path_factory, runtime, TOKENS) as srv:
         yield srv
 
 

@@ -278,6 +278,12 @@ export function fmtTime(unix) {
 /** An emotion index (0-100) as shown everywhere: a whole number, halves up (as the server's reason sentences). */
 export function fmtIndex(x) { return x == null || !isFinite(x) ? "–" : String(Math.round(x)); }
 
+/** A share (0-1) as a percentage: ``digits`` decimals (0: a whole number, halves up); "–" when unknown. */
+export function fmtShare(x, digits = 1) {
+  if (x == null || !isFinite(x)) return "–";
+  return `${digits === 0 ? Math.round(x * 100) : (x * 100).toFixed(digits)}%`;
+}
+
 const REASON_FIELDS = {
   angry_confirmed: ["p_angry"], angry_sustained: ["angry_s"], index_rise: ["rise", "window_s", "index"], phrase: ["phrase", "label", "grade"],
   calm: ["grade", "calm_s"], call_ended: [],

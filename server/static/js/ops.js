@@ -1,12 +1,12 @@
 // Operations: KPIs over time (GET /v1/kpis) in the viewer's time zone, a chart per KPI, a table with CSV export,
 // and the ops.anomaly alerts raised on them (GET /v1/anomalies).  Definitions and units: docs/ops.md.
-import { api, boot, el, fmtClock, onLangChange, t } from "./common.js";
+import { api, boot, el, fmtClock, fmtShare, onLangChange, t } from "./common.js";
 
 boot("ops_title");
 const app = document.getElementById("app");
 
 // KPI key -> how a value is shown (its unit is in the column header)
-const PCT = (v) => `${(v * 100).toFixed(1)}%`;
+const PCT = (v) => fmtShare(v);
 const KPIS = {
   calls: (v) => String(v),
   handle_time_s: (v) => fmtClock(v),

@@ -1,5 +1,5 @@
 // QA: past and scored calls with filters; one call's emotion timeline, transcript with grades and metrics.
-import { GRADES, api, boot, el, fill, fmtClock, fmtDateTime, fmtIndex, gradeBadge, onLangChange, reasonText, roleName, t } from "./common.js";
+import { GRADES, api, boot, el, fill, fmtClock, fmtDateTime, fmtIndex, fmtShare, gradeBadge, onLangChange, reasonText, roleName, t } from "./common.js";
 import { timelineChart } from "./charts.js";
 import { Playback } from "./playback.js";
 
@@ -107,7 +107,6 @@ async function showList() {
 
 // ------------------------------------------------------------------ one call
 
-function pct(x) { return x == null ? "–" : `${Math.round(x * 100)}%`; }
 function secs(x) { return x == null ? "–" : fmtClock(x); }
 
 function metric(key, value) { return el("div", { class: "metric" }, el("div", { class: "k" }, t(key)), el("div", { class: "v" }, value)); }
@@ -118,9 +117,9 @@ function shares(grades) {
   return el("div", { class: "shares", "data-testid": "shares" }, Object.entries(sh).map(([role, s]) => el("div", { class: "share-row" },
     el("span", { class: "who" }, roleName(role)),
     el("span", { class: "stack" }, GRADES.filter((g) => s[g] > 0).map((g) => el("span", { class: `seg grade-${g}`, style: `width:${s[g] * 100}%`,
-      title: `${t(g)} ${pct(s[g])}` }, s[g] >= 0.25 ? `${t(g)} ${pct(s[g])}` : ""))),
+      title: `${t(g)} ${fmtShare(s[g], 0)}` }, s[g] >= 0.25 ? `${t(g)} ${fmtShare(s[g], 0)}` : ""))),
     el("span", { class: "share-text" }, GRADES.filter((g) => s[g] > 0)
-      .map((g) => `${t(g)} ${pct(s[g])} (${secs(grades[role].seconds?.[g])})`).join(" · ")))));
+      .map((g) => `${t(g)} ${fmtShare(s[g], 0)} (${secs(grades[role].seconds?.[g])})`).join(" · ")))));
 }
 
 function endText(reason) {
@@ -192,8 +191,8 @@ async function showCall(id) {
             el("div", { class: "metrics" },
               metric("m_duration", secs(s.duration_s ?? c.duration_s)),
               metric("m_talk", byRole(s.talk_s, secs)),
-              metric("m_ratio", byRole(s.talk_share, pct)),
-              metric("m_silence", s.silence_s == null ? "–" : `${secs(s.silence_s)} (${pct(s.silence_share)})`),
+              metric("m_ratio", byRole(s.talk_share, (x) => fmtShare(x, 0))),
+              metric("m_silence", s.silence_s == null ? "–" : `${secs(s.silence_s)} (${fmtShare(s.silence_share, 0)})`),
               metric("m_longest_silence", secs(s.longest_silence_s)),
               metric("m_overtalk", secs(s.overtalk_s)),
               metric("m_interruptions", byRole(s.interruptions, String)),

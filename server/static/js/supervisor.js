@@ -1,6 +1,6 @@
 // Supervisor console: live calls by risk, the alert feed (ack / barge in; KPI anomalies, ops.anomaly, as their own
 // cards), follow a call live.
-import { GRADE_RANK, HttpError, api, boot, el, fill, fmtClock, fmtIndex, fmtTime, fmtTrend, gradeBadge, onLangChange, openSocket, reasonText,
+import { GRADE_RANK, HttpError, api, boot, el, fill, fmtClock, fmtIndex, fmtShare, fmtTime, fmtTrend, gradeBadge, onLangChange, openSocket, reasonText,
   t } from "./common.js";
 import { CallView } from "./callview.js";
 
@@ -178,7 +178,6 @@ function renderAlerts() {
 
 // ------------------------------------------------------------------ KPI anomalies (ops.anomaly)
 
-const PCT = (v) => `${(100 * v).toFixed(1)}%`;
 
 /** An anomaly's card: which KPI, where (queue or agent), the hour judged and the figures that raised it. */
 function anomalyCard(a) {
@@ -191,9 +190,9 @@ function anomalyCard(a) {
       el("b", { class: "kpi" }, t(`kpi_${a.kpi}`)),
       el("span", { class: "scope" }, `${t(`ops_g_${a.scope}`)} ${a.scope_value}`),
       el("span", { class: "spacer" }), el("span", { class: "muted" }, fmtTime(a.raised_at))),
-    el("p", { class: "reason figures" }, t("anomaly_value", { value: PCT(f.value), count: f.count, calls: f.calls,
+    el("p", { class: "reason figures" }, t("anomaly_value", { value: fmtShare(f.value), count: f.count, calls: f.calls,
       from: fmtTime(a.window_start), to: fmtTime(a.window_end) })),
-    el("p", { class: "muted baseline" }, t("anomaly_baseline", { value: PCT(f.baseline_value), count: f.baseline_count,
+    el("p", { class: "muted baseline" }, t("anomaly_baseline", { value: fmtShare(f.baseline_value), count: f.baseline_count,
       calls: f.baseline_calls, weeks: f.baseline_weeks })),
     el("p", { class: "muted test" }, t("anomaly_test", { z: f.z.toFixed(2), min_z: f.min_z,
       increase: `${(100 * (f.value - f.baseline_value)).toFixed(1)}`, min_increase: `${(100 * f.min_increase).toFixed(1)}` })),
