@@ -28,7 +28,7 @@ from calltone.events import CallEnded, CallStarted, Event
 from calltone.runtime import Runtime
 from calltone.speech.audio import SAMPLE_RATE
 from calltone.speech.decoding import LIVE, DecodePolicy
-from calltone.speech.streaming import CallLanguage, ChannelTranscriber
+from calltone.speech.streaming import ALL_PARTIALS, CallLanguage, ChannelTranscriber, PartialGate
 from calltone.speech.utterance import Heard, Utterance
 from calltone.speech.vad import StreamingVad
 
@@ -56,14 +56,16 @@ class ChannelState:
 
 
 class CallPipeline:
-    """One call: push 16 kHz audio per role, receive events through ``emit``."""
+    """One call: push 16 kHz audio per role, receive events through ``emit``; ``partial_gate`` may shed its
+    partial decodes under load (a live call: the server's admission control)."""
 
-    def __init__(self, call_id: str, runtime: Runtime, options: PipelineOptions, emit: Callable[[Event], None]) -> None:
+    def __init__(self, call_id: str, runtime: Runtime, options: PipelineOptions, emit: Callable[[Event], None],
+                 partial_gate: PartialGate = ALL_PARTIALS) -> None:
         self.call_id = call_id
         self.runtime = runtime
         self.options = options
         self.emit = emit
-        self.language = CallLanguage(options.language if runtime.asr.engine.multilingual else "en")
+        self.language = CallLanguage(options.language if runtime.asr.multilingual else "en")
         s = runtime.settings
         self.channels: dict[str, ChannelState] = {}
         for role in options.roles:
@@ -74,7 +76,8 @@ class CallPipeline:
             decode = options.decode if role in s.asr.partial_roles else options.decode.without_partials()
             tr = ChannelTranscriber(call_id, role, runtime.asr, runtime.cpu, vad, self.language, s.asr, self._hear,
                                     policy=decode, voice=emotion is not None, beam_size=options.beam_size,
-                                    transcribe=options.transcribe, voice_views=s.emotion.score_speech_so_far)
+                                    transcribe=options.transcribe, voice_views=s.emotion.score_speech_so_far,
+                                    gate=partial_gate)
             self.channels[role] = ChannelState(role, tr, emotion)
         self._started = False
 
@@ -100,7 +103,7 @@ class CallPipeline:
 
     def set_language(self, language: str) -> None:
         """The producer says the call's language changed (zh, en, or auto to detect it again)."""
-        if self.runtime.asr.engine.multilingual:
+        if self.runtime.asr.multilingual:
             self.language.requested = language  # shared with every channel's transcriber and emotion channel
 
     @property

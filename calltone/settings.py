@@ -21,14 +21,19 @@ Language = Literal["zh", "en", "auto"]
 
 class AsrSettings(BaseModel):
     model: str = Field("base", description="'base', 'tiny.en' or a CTranslate2 Whisper directory")
-    compute_type: str = "int8"
-    cpu_threads: int = Field(2, description="threads of the one ASR worker (0 = all cores)")
+    device: Literal["cpu", "cuda"] = Field("cpu", description="where Whisper runs: 'cpu', or 'cuda' on a node with an "
+                                           "NVIDIA GPU (float16, larger batches; docs/asr.md)")
+    compute_type: str = Field("auto", description="CTranslate2 compute type; 'auto': int8 on cpu, float16 on cuda")
+    workers: int = Field(0, ge=0, description="ASR worker processes, each with its own Whisper model and cpu_threads "
+                         "threads, fed by one queue (0 = one per core on cpu, one on cuda; 1 = a thread in this process)")
+    cpu_threads: int = Field(1, ge=0, description="threads of each ASR worker (0 = all cores)")
     language: Language = "auto"
     live_beam_size: int = Field(1, description="beam for live decoding (partials and finals)")
     offline_beam_size: int = Field(1, description="beam for batch scoring and `calltone transcribe`")
     window_s: float = Field(10.0, description="encoder window; utterances longer than this use 20 or 30 s")
     partial_interval_s: float = Field(1.0, description="how often a partial hypothesis is refreshed while someone speaks")
-    max_batch: int = Field(8, description="requests decoded together in one encoder/decoder pass")
+    max_batch: int = Field(0, ge=0, description="requests decoded together in one encoder/decoder pass (0 = 8 on cpu, "
+                           "32 on cuda)")
     partial_lag_drop_s: float = Field(1.5, description="when the ASR queue is this far behind, partials are skipped")
     batch_pack_s: float = Field(5.0, ge=0.0, description="batch scoring: the agent's short utterances share one decode, "
                                 "up to this many seconds of audio (speech/packing.py; docs/batch.md); 0 = one decode each")
@@ -77,6 +82,13 @@ class ServerSettings(BaseModel):
                                      "extra); unset: SQLite in <data_dir>/calltone.db (docs/deploy.md)")
     tokens: dict[str, str] = Field(default_factory=dict, description="bearer token -> role[:agent_id], e.g. {'s3cr3t': 'agent:a42'}")
     max_frame_bytes: int = Field(64_000, description="largest binary audio frame accepted")
+    max_calls: int | None = Field(None, ge=0, description="live calls this node takes before new ones are refused "
+                                  "(at_capacity, close 1013; /readyz 503); unset: 4 per ASR worker "
+                                  "(server/admission.py); 0: no limit")
+    max_asr_lag_s: float = Field(3.0, ge=0, description="new calls are refused too (asr_lagging) while the ASR "
+                                 "queue's oldest job has waited this long; 0: off")
+    shed_partials_lag_s: float = Field(1.0, ge=0, description="no partial decodes are queued while the ASR queue's "
+                                       "oldest job has waited this long (finals go first; 0: off)")
     subscriber_queue: int = Field(256, description="events buffered per subscriber before coalescing")
     bus_url: str = Field("", description="Redis Streams bus shared by many nodes, e.g. 'redis://127.0.0.1:6379/0' "
                          "(the `scaleout` extra); unset: the in-process bus")

@@ -161,14 +161,19 @@ class _Hypothesis:
 class WhisperEngine:
     """One Whisper model, loaded once; decodes batches of utterances (thread-confined)."""
 
-    def __init__(self, model_dir: Path, multilingual: bool, compute_type: str = "int8", cpu_threads: int = 2) -> None:
+    def __init__(self, model_dir: Path, multilingual: bool, compute_type: str = "int8", cpu_threads: int = 2,
+                 device: str = "cpu") -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from faster_whisper import WhisperModel
         from faster_whisper.tokenizer import Tokenizer
 
         self.model_dir = Path(model_dir)
         self.multilingual = multilingual
-        self._fw = WhisperModel(str(model_dir), device="cpu", compute_type=compute_type, cpu_threads=cpu_threads, local_files_only=True)
+        if compute_type == "auto":
+            compute_type = "float16" if device == "cuda" else "int8"
+        self.device = device
+        self._fw = WhisperModel(str(model_dir), device=device, compute_type=compute_type, cpu_threads=cpu_threads,
+                                local_files_only=True)
         self._ct2 = self._fw.model
         self._tokenizer_cls = Tokenizer
         self._tokenizers: dict[str, object] = {}

@@ -1,9 +1,13 @@
-"""The one ASR worker of a process: a thread that owns the Whisper model.
+"""The ASR worker of a process: one queue, one or more decoders that own a Whisper model each.
 
 All channels of all calls submit decode jobs here; the asyncio event loop never
-runs model code.  Each pass takes the waiting finals first (oldest first), fills
-the batch with partials, and decodes them together.  Under overload it degrades in
-a defined way:
+runs model code.  Each decoder is a thread of this process driving either the model
+itself (``asr.workers = 1``) or a process of its own (:mod:`calltone.speech.engine_process`;
+one per core by default, so decoding neither waits for one CTranslate2 thread nor shares
+this process's GIL).  Each decoder, when free, takes the waiting finals first (oldest
+first), fills its batch with partials and decodes them together; while other decoders are
+idle it takes only its share of what waits, so two finals go to two decoders at once
+instead of one after the other.  Under overload it degrades in a defined way:
 
 * a newer partial for a stream replaces the one still queued (coalescing);
 * partials that waited longer than ``partial_lag_drop_s`` are skipped;
@@ -21,13 +25,24 @@ utterances may share one decode (``speech/packing.py``, ``asr.batch_pack_s``).
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
+from typing import Protocol, Sequence
 
-from calltone.speech.asr import SAMPLE_RATE, DecodeOptions, DecodeRequest, DecodeResult, WhisperEngine
+from calltone.speech.asr import SAMPLE_RATE, DecodeOptions, DecodeRequest, DecodeResult
 from calltone.speech.packing import GAP_S, Pack, fits, looks_short, pack, unpack
+
+
+class Decoder(Protocol):
+    """What the worker decodes with: a :class:`~calltone.speech.asr.WhisperEngine` or an
+    :class:`~calltone.speech.engine_process.EngineProcess` (the same call, in another process)."""
+
+    multilingual: bool
+
+    def decode(self, requests: list[DecodeRequest], options: DecodeOptions) -> list[DecodeResult]: ...
 
 
 @dataclass
@@ -55,17 +70,22 @@ class WorkerStats:
     decoded_background: int = 0
     pack_retries: int = 0  # utterances of a packed decode decoded again on their own
     lag_s: float = 0.0  # age of the oldest waiting job
+    decoders: int = 1  # decoders (threads or processes) sharing the queue
+    decoders_busy: int = 0  # of them, decoding now
 
 
 LIVE_RECENT_S = 5.0
 
 
 class AsrWorker:
-    """Thread-confined owner of a :class:`WhisperEngine`; submit() is thread-safe."""
+    """One decode queue served by one thread per decoder; submit() is thread-safe."""
 
-    def __init__(self, engine: WhisperEngine, options: DecodeOptions = DecodeOptions(), max_batch: int = 8,
+    def __init__(self, decoders: Sequence[Decoder], options: DecodeOptions = DecodeOptions(), max_batch: int = 8,
                  partial_lag_drop_s: float = 1.5, pack_speech_s: float = 0.0) -> None:
-        self.engine = engine
+        if not decoders:
+            raise ValueError("the ASR worker needs at least one decoder")
+        self.decoders = list(decoders)
+        self.multilingual = self.decoders[0].multilingual
         self.options = options
         self.max_batch = max_batch
         self.partial_lag_drop_s = partial_lag_drop_s
@@ -76,9 +96,12 @@ class AsrWorker:
         self._last_live = -1e9  # monotonic time of the last live (not background) request
         self._cv = threading.Condition()
         self._closed = False
-        self.stats = WorkerStats()
-        self._thread = threading.Thread(target=self._run, name="calltone-asr", daemon=True)
-        self._thread.start()
+        self._idle = 0  # decoder threads waiting for work
+        self.stats = WorkerStats(decoders=len(self.decoders))
+        self._threads = [threading.Thread(target=self._run, args=(d,), name=f"calltone-asr-{i}", daemon=True)
+                         for i, d in enumerate(self.decoders)]
+        for t in self._threads:
+            t.start()
 
     # -- submission ----------------------------------------------------------------------
     def submit(self, stream_id: str, request: DecodeRequest, final: bool, background: bool = False) -> Future:
@@ -129,22 +152,37 @@ class AsrWorker:
             s.queued_finals, s.queued_partials = len(self._finals), len(self._partials)
             s.queued_background = len(self._background)
             s.lag_s = self._lag_locked(time.monotonic())
+            s.decoders_busy = len(self.decoders) - self._idle
             return s
 
     def close(self) -> None:
         with self._cv:
             self._closed = True
             self._cv.notify_all()
-        self._thread.join(timeout=30)
+        for t in self._threads:
+            t.join(timeout=30)
+        for d in self.decoders:
+            close = getattr(d, "close", None)
+            if close is not None:
+                close()
 
     # -- the worker thread ------------------------------------------------------------
+    def _share(self) -> int:
+        """How many live jobs this decoder takes: all (up to max_batch) when the others are busy, else its
+        share of what waits, so that idle decoders take the rest at the same time."""
+        waiting = len(self._finals) + len(self._partials)
+        if self._idle == 0 or waiting == 0:
+            return self.max_batch
+        return max(1, min(self.max_batch, math.ceil(waiting / (self._idle + 1))))
+
     def _take_batch(self) -> tuple[list[_Job], bool]:
         """The next batch, and whether its background utterances may be packed (not while live calls run)."""
         now = time.monotonic()
-        batch = self._finals[: self.max_batch]
+        limit = self._share()
+        batch = self._finals[:limit]
         del self._finals[: len(batch)]
         for sid in sorted(self._partials, key=lambda k: self._partials[k].submitted):
-            if len(batch) >= self.max_batch:
+            if len(batch) >= limit:
                 break
             job = self._partials.pop(sid)
             if now - job.submitted > self.partial_lag_drop_s:
@@ -174,11 +212,13 @@ class AsrWorker:
         del self._background[:taken]
         return batch, packs
 
-    def _run(self) -> None:
+    def _run(self, decoder: Decoder) -> None:
         while True:
             with self._cv:
+                self._idle += 1
                 while not self._closed and not self._finals and not self._partials and not self._background:
                     self._cv.wait()
+                self._idle -= 1
                 if self._closed and not self._finals and not self._background:
                     for job in self._partials.values():
                         _resolve(job.future, None)
@@ -189,7 +229,7 @@ class AsrWorker:
                 continue
             t0 = time.perf_counter()
             try:
-                results = self._decode(batch, packs)
+                results = self._decode(decoder, batch, packs)
             except Exception as exc:  # a broken request must not kill the worker
                 for j in batch:
                     if not j.future.cancelled():
@@ -199,7 +239,7 @@ class AsrWorker:
             with self._cv:
                 self.stats.batches += 1
                 self.stats.busy_s += elapsed
-                self.stats.audio_s += float(sum(len(j.request.audio) for j in batch)) / 16000
+                self.stats.audio_s += float(sum(len(j.request.audio) for j in batch)) / SAMPLE_RATE
                 for j in batch:
                     if j.background:
                         self.stats.decoded_background += 1
@@ -210,7 +250,7 @@ class AsrWorker:
             for j, r in zip(batch, results):
                 _resolve(j.future, r)
 
-    def _decode(self, batch: list[_Job], packs: bool) -> list[DecodeResult]:
+    def _decode(self, decoder: Decoder, batch: list[_Job], packs: bool) -> list[DecodeResult]:
         """Decode a batch; with ``packs``, packable utterances of one stream share a decode (speech/packing.py)."""
         requests: list[DecodeRequest] = []
         plan: list[tuple[list[int], Pack | None]] = []
@@ -228,7 +268,7 @@ class AsrWorker:
                 plan.append((idx[k : k + n], p))
                 requests.append(p.request)
                 k += n
-        results = self.engine.decode(requests, self.options)
+        results = decoder.decode(requests, self.options)
         out: list[DecodeResult] = [None] * len(batch)  # type: ignore[list-item]
         retry: list[int] = []
         for (idx, p), res in zip(plan, results):
@@ -241,7 +281,7 @@ class AsrWorker:
                         retry.append(i)
         if retry:  # Whisper skips an utterance of a pack now and then (e.g. one that repeats the one before): alone
             self.stats.pack_retries += len(retry)
-            for i, r in zip(retry, self.engine.decode([replace(batch[i].request, packable=False) for i in retry], self.options)):
+            for i, r in zip(retry, decoder.decode([replace(batch[i].request, packable=False) for i in retry], self.options)):
                 out[i] = r
         return out
 

@@ -71,6 +71,21 @@ def runtime():
     rt.close()
 
 
+@pytest.fixture(scope="session")
+def engine():
+    """The Whisper model in this test process (the runtime's decoders may be worker processes), for tests
+    that call :class:`WhisperEngine` or faster-whisper's own ``transcribe`` directly."""
+    from calltone.models.whisper import resolve_model
+    from calltone.runtime import limit_blas_threads
+    from calltone.settings import Settings
+    from calltone.speech.asr import WhisperEngine
+
+    settings = Settings()
+    limit_blas_threads(settings.blas_threads)
+    model_dir, multilingual = resolve_model(settings.asr.model, settings.cache_dir)
+    return WhisperEngine(model_dir, multilingual, settings.asr.compute_type, settings.asr.cpu_threads, settings.asr.device)
+
+
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's Chromium (make test installs it); Playwright never downloads one here
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                 "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]

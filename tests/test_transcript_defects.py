@@ -54,14 +54,13 @@ def _has_replacement(result) -> bool:
     return REPLACEMENT in result.text or any(REPLACEMENT in w.word for w in result.words)
 
 
-def test_token_budget_never_ends_inside_a_character(runtime):
+def test_token_budget_never_ends_inside_a_character(engine):
     """Three CASIA sentences as one utterance (小宝逮老鼠, 农民盖起厂房, 银行拥有保安: 9 characters of
     them take 2 tokens), decoded with every output budget from 8 to 30 tokens: before the fix, 5 of
     these budgets stopped inside a character (小宝袋老\ufffd, ... 农民盖棋\ufffd)."""
     gap = np.zeros(int(0.4 * SAMPLE_RATE), np.float32)
     audio = np.concatenate([x for t in ("小宝逮老鼠。", "农民盖起厂房", "银行拥有保安") for x in (_casia(t), gap)])
     seconds = len(audio) / SAMPLE_RATE
-    engine = runtime.asr.engine  # used directly (the worker thread is idle between tests) to vary the budget
     full = engine.decode([DecodeRequest(audio, "zh")])[0]
     assert len(full.text) >= 12 and not _has_replacement(full), full.text
     for extra in range(0, 24, 2):  # output budget: 8 + ceil(seconds * tokens_per_second) tokens

@@ -122,7 +122,7 @@ def test_language_auto_detects_mandarin(runtime):
     assert all(e.language == "zh" for e in finals(events))
 
 
-def test_streaming_in_20ms_frames_matches_offline(runtime):
+def test_streaming_in_20ms_frames_matches_offline(runtime, engine):
     """Feeding 20 ms frames in real-time order gives the same finals as one-shot
     faster-whisper on the whole recording (30 s windows, its own path)."""
     jfk = load_recording(require(SPEECH / "jfk.flac")).channels["customer"]
@@ -130,7 +130,7 @@ def test_streaming_in_20ms_frames_matches_offline(runtime):
     gap = np.zeros(16000, np.float32)
     audio = np.concatenate([gap, jfk, gap, stereo["customer"], gap, stereo["agent"], gap, jfk, gap])  # 38 s
     streamed = text_of(run(runtime, {"customer": audio}, block_s=0.02, partials=True), "customer")
-    segments, _ = runtime.asr.engine._fw.transcribe(audio, language="en", beam_size=1, temperature=0.0)
+    segments, _ = engine._fw.transcribe(audio, language="en", beam_size=1, temperature=0.0)
     offline = " ".join(s.text for s in segments)
     assert wer(offline, streamed) <= 0.10, (offline, streamed)
 

@@ -134,6 +134,7 @@ def _init_worker(settings_json: str, threads: int) -> None:
 
     settings = Settings.model_validate_json(settings_json)
     settings.asr.cpu_threads = threads
+    settings.asr.workers = 1  # this process is the scoring pool's worker: its decoder runs in it
     _worker_runtime = Runtime.create(settings, cpu_workers=threads)
 
 
