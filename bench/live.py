@@ -14,11 +14,12 @@ its own ``chunk`` and ``timestamp``); ``mixed`` balances both over language and 
 call reads ``WS /v1/calls/{id}/events`` (the agent page's feed).
 
 On the subscriber: final latency = arrival minus the send time of the frame holding the final's ``end``;
-emotion-update delay = the same for the update's ``t``; partials and the median gap within an utterance.  Finals
-delivered are set against the server's count (``call.ended.summary.final_segments``), a calm reference (each call
-alone, unpaced, before the levels) and the script's utterances.  ASR lag from /metrics; server CPU and memory
-(RSS, PSS) sum the server's process tree.  A close 1013 (or HTTP 503 at the upgrade) is a refused call.  Stops
-after a level whose final p95 exceeds --max-p95 or that had errors.
+emotion-update delay = the same for the update's ``t``; feed delay = a final's arrival minus its ``server_time``
+(stored, then published: bus and websocket; one clock on one machine); partials and their median gap within an
+utterance.  Finals delivered are set against the server's count (``call.ended.summary.final_segments``), a calm
+reference (each call alone, unpaced, before the levels) and the script's utterances.  ASR lag from /metrics;
+server CPU and memory (RSS, PSS) sum the server's process tree.  A close 1013 (or HTTP 503 at the upgrade) is a
+refused call.  Stops after a level whose final p95 exceeds --max-p95 or that had errors.
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ class CallOutcome:
     error: str = ""
     final_latency_s: list[float] = field(default_factory=list)
     emotion_delay_s: list[float] = field(default_factory=list)
+    feed_delay_s: list[float] = field(default_factory=list)  # a final's arrival minus its server_time (stored)
     partials: int = 0
     partial_gaps_s: list[float] = field(default_factory=list)
     server_finals: int | None = None  # call.ended summary.final_segments
@@ -112,6 +114,7 @@ class Level:
     final_max_s: float
     emotion_p50_s: float
     emotion_p95_s: float
+    feed_p95_s: float
     partials: int
     partial_gap_p50_s: float
     asr_lag_max_s: float
@@ -216,7 +219,7 @@ class Wire:
                 await asyncio.sleep(delay)
             for m in msgs:
                 await ws.send(m)
-            self.sent.append(time.monotonic())
+            self.sent.append(time.time())  # the server's clock too (server_time), on one machine
 
 
 async def native(w: Wire) -> None:
@@ -269,7 +272,7 @@ async def desktop(w: Wire) -> int:
                     ev = json.loads(raw)
                     if ev.get("type") == "error":
                         continue  # the close that follows says what to do
-                    w.got.append((time.monotonic(), ev))
+                    w.got.append((time.time(), ev))
                     after = ev.get("seq") or after
                     if ev["type"] == "call.ended":
                         return reconnects
@@ -289,6 +292,7 @@ def measure(w: Wire, out: CallOutcome) -> None:
     for arrived, ev in w.got:
         if ev["type"] == "transcript.final":
             out.final_latency_s.append(arrived - sent_at(ev["end"]))
+            out.feed_delay_s.append(arrived - ev["server_time"])
         elif ev["type"] == "emotion.update":
             out.emotion_delay_s.append(arrived - sent_at(ev["t"]))
         elif ev["type"] == "transcript.partial":
@@ -453,6 +457,7 @@ def summarise(args: argparse.Namespace, specs: list[CallSpec], outs: list[CallOu
     lat = [x for o in outs for x in o.final_latency_s]
     emo = [x for o in outs for x in o.emotion_delay_s]
     gaps = [x for o in outs for x in o.partial_gaps_s]
+    feed = [x for o in outs for x in o.feed_delay_s]
     errors = [o.error for o in outs if o.error]
     ran = [s for s, o in zip(specs, outs) if not o.refused]
     return Level(calls=len(specs), protocol=args.protocol, finals=len(lat),
@@ -460,7 +465,7 @@ def summarise(args: argparse.Namespace, specs: list[CallSpec], outs: list[CallOu
                  reference_finals=sum(reference[s.name] for s in ran) if reference else None,
                  script_utterances=sum(s.script_utterances for s in ran),
                  final_p50_s=pct(lat, 50), final_p95_s=pct(lat, 95), final_max_s=max(lat, default=float("nan")),
-                 emotion_p50_s=pct(emo, 50), emotion_p95_s=pct(emo, 95), partials=sum(o.partials for o in outs),
+                 emotion_p50_s=pct(emo, 50), emotion_p95_s=pct(emo, 95), feed_p95_s=pct(feed, 95), partials=sum(o.partials for o in outs),
                  partial_gap_p50_s=pct(gaps, 50), asr_lag_max_s=sampler.lag_max, server_cpu_cores=server_cpu,
                  client_cpu_cores=client_cpu, rss_mib=sampler.rss_max if sampler.pid else None,
                  pss_mib=sampler.pss_max if sampler.pid else None, refused=sum(o.refused for o in outs),
@@ -508,14 +513,14 @@ def table(args: argparse.Namespace, rows: list[Level]) -> str:
            f"{args.stagger:g} s; native: PCM16, twilio: µ-law; 20 ms frames in real time; one event-feed subscriber "
            f"per call. Finals: delivered / server's count / calm reference / script utterances.", "",
            "| calls | protocol | finals | final p50 (s) | final p95 (s) | final max (s) | emotion update p50 / p95 (s) "
-           "| partials / median gap (s) | ASR lag max (s) | server CPU (cores) | bench CPU (cores) "
+           "| feed delay p95 (s) | partials / median gap (s) | ASR lag max (s) | server CPU (cores) | bench CPU (cores) "
            "| server RSS / PSS peak (MiB) | refused (1013) | errors |" + (" scoring job |" if job_col else ""),
-           "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---|" if job_col else "")]
+           "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---|" if job_col else "")]
     for r in rows:
         job = f" {r.job['files_done']}/{r.job['files_total']} files, {r.job['status']} |" if r.job else ""
         out.append(f"| {r.calls} | {r.protocol} | {r.finals} / {r.server_finals} / {f2(r.reference_finals, 'd')} / "
                    f"{r.script_utterances} | {f2(r.final_p50_s)} | {f2(r.final_p95_s)} | {f2(r.final_max_s)} "
-                   f"| {f2(r.emotion_p50_s)} / {f2(r.emotion_p95_s)} | {r.partials} / {f2(r.partial_gap_p50_s)} "
+                   f"| {f2(r.emotion_p50_s)} / {f2(r.emotion_p95_s)} | {f2(r.feed_p95_s)} | {r.partials} / {f2(r.partial_gap_p50_s)} "
                    f"| {f2(r.asr_lag_max_s)} | {f2(r.server_cpu_cores)} | {f2(r.client_cpu_cores)} "
                    f"| {f2(r.rss_mib, '.0f')} / {f2(r.pss_mib, '.0f')} | {r.refused} | {r.errors} |" + job)
     return "\n".join(out)
