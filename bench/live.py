@@ -6,8 +6,8 @@
     python bench/live.py --levels 2 --job a.wav b.wav          # with a QA scoring job (POST /v1/jobs) during each level
 
 Calls come from ``../shared/tools/make_calls.py --telephony`` (8 kHz stereo): Mandarin and English alternating,
-customer on channel 0 or 1, a seed and recordings of their own (cached in ``--cache`` by language, channel and
-seed); calls shorter than ``--seconds`` are skipped, the rest stop at their first pause from ``--seconds`` on.
+customer on channel 0 or 1, a seed and recordings of their own (cached in ``--cache`` by corpus, language, channel
+and seed); calls shorter than ``--seconds`` are skipped, the rest stop at their first pause from ``--seconds`` on.
 Each streams in 20 ms frames at real time, starts spread over ``--stagger`` s, over ``WS /v1/calls/{id}/audio``
 (PCM16) or ``WS /v1/twilio`` (Media Streams: µ-law, one ``media`` message per track per 20 ms, each track with
 its own ``chunk`` and ``timestamp``); ``mixed`` balances both over language and channel.  One subscriber per
@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -137,7 +138,7 @@ class Refused(Exception):
 
 
 def compose(corpus: Path, cache: Path, lang: str, cc: int, seed: int) -> list[Path]:
-    out = cache / f"{lang}-ch{cc}-seed{seed}"
+    out = cache / hashlib.sha1(str(corpus.resolve()).encode()).hexdigest()[:8] / f"{lang}-ch{cc}-seed{seed}"
     if not (out / "done").exists():
         subprocess.run([sys.executable, str(SHARED / "tools" / "make_calls.py"), str(corpus), str(out), "--calls", "4",
                         "--seed", str(seed), "--telephony", "--lang", lang, "--customer-channel", str(cc)],
@@ -171,7 +172,8 @@ def pick_calls(args: argparse.Namespace, n: int) -> list[CallSpec]:
         proto = args.protocol if args.protocol != "mixed" else ("native", "twilio")[(k + k // 2) % 2]
         cut = pause_after(truth["segments"], args.seconds, truth["duration_s"])
         specs.append(CallSpec(f"{path.parent.name}/{path.stem}", path, lang, cc, proto,
-                              "mulaw" if proto == "twilio" else "pcm_s16le", cut, sum(s["end"] <= cut for s in truth["segments"])))
+                              "mulaw" if proto == "twilio" else "pcm_s16le", cut,
+                              sum(s["end"] <= cut for s in truth["segments"])))
     return specs
 
 
@@ -450,7 +452,7 @@ async def run_level(args: argparse.Namespace, url: str, specs: list[CallSpec], p
     job_state = None
     if job:
         st = await asyncio.to_thread(http_json, http, args.token, f"/v1/jobs/{job}")
-        job_state = {"status": st["status"], **{k: st["progress"][k] for k in ("files_done", "files_total", "audio_s_done")}}
+        job_state = {"status": st["status"], **{k: st["progress"][k] for k in ("files_done", "files_total")}}
     return summarise(args, specs, list(outcomes), reference, sampler, server_cpu, client_cpu, job_state)
 
 
@@ -467,11 +469,12 @@ def summarise(args: argparse.Namespace, specs: list[CallSpec], outs: list[CallOu
                  reference_finals=sum(reference[s.name] for s in ran) if reference else None,
                  script_utterances=sum(s.script_utterances for s in ran),
                  final_p50_s=pct(lat, 50), final_p95_s=pct(lat, 95), final_max_s=max(lat, default=float("nan")),
-                 emotion_p50_s=pct(emo, 50), emotion_p95_s=pct(emo, 95), feed_p95_s=pct(feed, 95), partials=sum(o.partials for o in outs),
-                 partial_gap_p50_s=pct(gaps, 50), asr_lag_max_s=sampler.lag_max, server_cpu_cores=server_cpu,
-                 client_cpu_cores=client_cpu, rss_mib=sampler.rss_max if sampler.pid else None,
-                 pss_mib=sampler.pss_max if sampler.pid else None, refused=sum(o.refused for o in outs),
-                 errors=len(errors), first_error=errors[0] if errors else "", job=job, outcomes=outs)
+                 emotion_p50_s=pct(emo, 50), emotion_p95_s=pct(emo, 95), feed_p95_s=pct(feed, 95),
+                 partials=sum(o.partials for o in outs), partial_gap_p50_s=pct(gaps, 50),
+                 asr_lag_max_s=sampler.lag_max, server_cpu_cores=server_cpu, client_cpu_cores=client_cpu,
+                 rss_mib=sampler.rss_max if sampler.pid else None, pss_mib=sampler.pss_max if sampler.pid else None,
+                 refused=sum(o.refused for o in outs), errors=len(errors), first_error=errors[0] if errors else "",
+                 job=job, outcomes=outs)
 
 
 # --------------------------------------------------------------------------- server, report, main
@@ -507,25 +510,33 @@ def f2(x: float | None, fmt: str = ".2f") -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
 
 
+COLUMNS = ["calls", "protocol", "finals", "final p50 (s)", "final p95 (s)", "final max (s)",
+           "emotion update p50 / p95 (s)", "feed delay p95 (s)", "partials / median gap (s)", "ASR lag max (s)",
+           "server CPU (cores)", "bench CPU (cores)", "server RSS / PSS peak (MiB)", "refused (1013)", "errors"]
+
+
+def row(r: Level) -> list[str]:
+    job = [f"{r.job['files_done']}/{r.job['files_total']} files, {r.job['status']}"] if r.job else []
+    return [str(r.calls), r.protocol, f"{r.finals} / {r.server_finals} / {f2(r.reference_finals, 'd')} / "
+            f"{r.script_utterances}", f2(r.final_p50_s), f2(r.final_p95_s), f2(r.final_max_s),
+            f"{f2(r.emotion_p50_s)} / {f2(r.emotion_p95_s)}", f2(r.feed_p95_s),
+            f"{r.partials} / {f2(r.partial_gap_p50_s)}", f2(r.asr_lag_max_s), f2(r.server_cpu_cores),
+            f2(r.client_cpu_cores), f"{f2(r.rss_mib, '.0f')} / {f2(r.pss_mib, '.0f')}", str(r.refused),
+            str(r.errors), *job]
+
+
 def table(args: argparse.Namespace, rows: list[Level]) -> str:
-    job_col = args.job is not None
-    out = [f"Live capacity (bench/live.py), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {machine()}",
-           f"Command: `{shlex.join(['python', *sys.argv])}`",
-           f"Composed 8 kHz calls (zh/en alternating, customer on channel 0/1) to their first pause after {args.seconds:g} s, starts over "
-           f"{args.stagger:g} s; native: PCM16, twilio: µ-law; 20 ms frames in real time; one event-feed subscriber "
-           f"per call. Finals: delivered / server's count / calm reference / script utterances.", "",
-           "| calls | protocol | finals | final p50 (s) | final p95 (s) | final max (s) | emotion update p50 / p95 (s) "
-           "| feed delay p95 (s) | partials / median gap (s) | ASR lag max (s) | server CPU (cores) | bench CPU (cores) "
-           "| server RSS / PSS peak (MiB) | refused (1013) | errors |" + (" scoring job |" if job_col else ""),
-           "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---|" if job_col else "")]
-    for r in rows:
-        job = f" {r.job['files_done']}/{r.job['files_total']} files, {r.job['status']} |" if r.job else ""
-        out.append(f"| {r.calls} | {r.protocol} | {r.finals} / {r.server_finals} / {f2(r.reference_finals, 'd')} / "
-                   f"{r.script_utterances} | {f2(r.final_p50_s)} | {f2(r.final_p95_s)} | {f2(r.final_max_s)} "
-                   f"| {f2(r.emotion_p50_s)} / {f2(r.emotion_p95_s)} | {f2(r.feed_p95_s)} | {r.partials} / {f2(r.partial_gap_p50_s)} "
-                   f"| {f2(r.asr_lag_max_s)} | {f2(r.server_cpu_cores)} | {f2(r.client_cpu_cores)} "
-                   f"| {f2(r.rss_mib, '.0f')} / {f2(r.pss_mib, '.0f')} | {r.refused} | {r.errors} |" + job)
-    return "\n".join(out)
+    cols = COLUMNS + (["scoring job"] if args.job else [])
+    return "\n".join([
+        f"Live capacity (bench/live.py), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {machine()}",
+        f"Command: `{shlex.join(['python', *sys.argv])}`",
+        f"Composed 8 kHz calls (zh/en alternating, customer on channel 0/1) to their first pause after "
+        f"{args.seconds:g} s, starts over {args.stagger:g} s; native: PCM16, twilio: µ-law; 20 ms frames in real "
+        f"time; one event-feed subscriber per call. Finals: delivered / server's count / calm reference / script "
+        f"utterances.", "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "|".join("---" if c in ("protocol", "scoring job") else "---:" for c in cols) + "|",
+        *("| " + " | ".join(row(r)) + " |" for r in rows)])
 
 
 def parse_args() -> argparse.Namespace:
