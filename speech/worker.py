@@ -17,8 +17,9 @@ Recordings scored in the background (batch scoring, QA jobs in the server) submi
 with ``background=True``: their decodes only fill the room live work leaves in a
 batch, and while live calls are being decoded (any live request in the last
 ``LIVE_RECENT_S``) they run only in batches of their own of at most ``max_batch // 4``,
-between live batches, and are not packed, so that a live final neither waits behind a
-long batch of someone's recordings nor shares its batch with them.  A channel's short
+between live batches, on all decoders but one (with several), and are not packed, so that
+a live final neither waits behind a long batch of someone's recordings nor shares its
+batch with them.  A channel's short
 utterances may share one decode (``speech/packing.py``, ``asr.batch_pack_s``).
 """
 
@@ -72,6 +73,7 @@ class WorkerStats:
     lag_s: float = 0.0  # age of the oldest waiting job
     decoders: int = 1  # decoders (threads or processes) sharing the queue
     decoders_busy: int = 0  # of them, decoding now
+    background_running: int = 0  # of them, decoding background work now
 
 
 LIVE_RECENT_S = 5.0
@@ -97,6 +99,7 @@ class AsrWorker:
         self._cv = threading.Condition()
         self._closed = False
         self._idle = 0  # decoder threads waiting for work
+        self._background_running = 0  # decoders decoding a batch with background work now
         self.stats = WorkerStats(decoders=len(self.decoders))
         self._threads = [threading.Thread(target=self._run, args=(d,), name=f"calltone-asr-{i}", daemon=True)
                          for i, d in enumerate(self.decoders)]
@@ -153,6 +156,7 @@ class AsrWorker:
             s.queued_background = len(self._background)
             s.lag_s = self._lag_locked(time.monotonic())
             s.decoders_busy = len(self.decoders) - self._idle
+            s.background_running = self._background_running
             return s
 
     def close(self) -> None:
@@ -192,8 +196,8 @@ class AsrWorker:
             batch.append(job)
         room = self.max_batch - len(batch)
         live = now - self._last_live < LIVE_RECENT_S
-        if live:  # live calls are on: no background in their batches, short ones alone, nothing packed
-            room = 0 if batch else min(room, max(1, self.max_batch // 4))
+        if live:  # live calls are on: no background in their batches, short ones alone, not on every decoder, unpacked
+            room = 0 if batch or not self._may_run_background(now) else min(room, max(1, self.max_batch // 4))
         packs = self.pack_speech_s > 0 and not live
         taken = 0
         open_pack: dict[str, float] = {}  # stream -> seconds of audio in its open pack
@@ -215,40 +219,66 @@ class AsrWorker:
     def _run(self, decoder: Decoder) -> None:
         while True:
             with self._cv:
-                self._idle += 1
-                while not self._closed and not self._finals and not self._partials and not self._background:
-                    self._cv.wait()
-                self._idle -= 1
-                if self._closed and not self._finals and not self._background:
-                    for job in self._partials.values():
-                        _resolve(job.future, None)
-                    self._partials.clear()
-                    return
-                batch, packs = self._take_batch()
-            if not batch:
-                continue
+                taken = self._wait_and_take()
+            if taken is None:
+                return
+            batch, packs = taken
+            background = any(j.background for j in batch)
             t0 = time.perf_counter()
             try:
                 results = self._decode(decoder, batch, packs)
             except Exception as exc:  # a broken request must not kill the worker
+                results = None
                 for j in batch:
                     if not j.future.cancelled():
                         j.future.set_exception(exc)
-                continue
-            elapsed = time.perf_counter() - t0
             with self._cv:
-                self.stats.batches += 1
-                self.stats.busy_s += elapsed
-                self.stats.audio_s += float(sum(len(j.request.audio) for j in batch)) / SAMPLE_RATE
-                for j in batch:
-                    if j.background:
-                        self.stats.decoded_background += 1
-                    elif j.final:
-                        self.stats.decoded_finals += 1
-                    else:
-                        self.stats.decoded_partials += 1
-            for j, r in zip(batch, results):
+                if background:
+                    self._background_running -= 1
+                    self._cv.notify_all()  # another decoder may take background work now
+                if results is not None:
+                    self._count(batch, time.perf_counter() - t0)
+            for j, r in zip(batch, results or []):
                 _resolve(j.future, r)
+
+    def _wait_and_take(self) -> tuple[list[_Job], bool] | None:
+        """(under the lock) The next non-empty batch for this decoder, or None once closed and drained."""
+        while True:
+            self._idle += 1
+            while not self._closed and not self._has_work():
+                self._cv.wait(timeout=0.5 if self._background else None)  # live may go quiet, freeing background
+            self._idle -= 1
+            if self._closed and not self._finals and not self._background:
+                for job in self._partials.values():
+                    _resolve(job.future, None)
+                self._partials.clear()
+                return None
+            batch, packs = self._take_batch()
+            if batch:
+                if any(j.background for j in batch):
+                    self._background_running += 1
+                return batch, packs
+
+    def _has_work(self) -> bool:
+        return bool(self._finals or self._partials or (self._background and self._may_run_background(time.monotonic())))
+
+    def _may_run_background(self, now: float) -> bool:
+        """While live calls are on, background batches run on all decoders but one, so a live final never waits
+        for every decoder to finish someone's recordings (with one decoder: between live batches, as before)."""
+        live = now - self._last_live < LIVE_RECENT_S
+        return not live or self._background_running < max(1, len(self.decoders) - 1)
+
+    def _count(self, batch: list[_Job], elapsed: float) -> None:
+        self.stats.batches += 1
+        self.stats.busy_s += elapsed
+        self.stats.audio_s += float(sum(len(j.request.audio) for j in batch)) / SAMPLE_RATE
+        for j in batch:
+            if j.background:
+                self.stats.decoded_background += 1
+            elif j.final:
+                self.stats.decoded_finals += 1
+            else:
+                self.stats.decoded_partials += 1
 
     def _decode(self, decoder: Decoder, batch: list[_Job], packs: bool) -> list[DecodeResult]:
         """Decode a batch; with ``packs``, packable utterances of one stream share a decode (speech/packing.py)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -66,6 +67,22 @@ def test_idle_decoders_share_what_waits(two_processes):
     assert all(f.result(timeout=120).text for f in futures)
     after = worker.snapshot()
     assert after.batches - before.batches == 2 and after.decoded_finals - before.decoded_finals == 2
+
+
+def test_background_work_leaves_a_decoder_to_live_calls(two_processes):
+    """While live calls are on, recordings scored in the background decode on one of the two decoders at a
+    time, so a live final never waits for both; once live goes quiet they may use both."""
+    worker = two_processes
+    request = _requests()[-1]
+    with worker._cv:
+        live = worker.submit("live-call", request, final=True)
+        background = [worker.submit(f"job-{i}", request, final=True, background=True) for i in range(6)]
+    most = 0
+    while not all(f.done() for f in background):
+        most = max(most, worker.snapshot().background_running)
+        time.sleep(0.01)
+    assert live.result(timeout=60).text and all(f.result().text for f in background)
+    assert most == 1
 
 
 def test_a_killed_worker_process_loses_no_final(two_processes):
