@@ -87,8 +87,6 @@ class ServerSettings(BaseModel):
                                   "(server/admission.py); 0: no limit")
     max_asr_lag_s: float = Field(3.0, ge=0, description="new calls are refused too (asr_lagging) while the ASR "
                                  "queue's oldest job has waited this long; 0: off")
-    shed_partials_lag_s: float = Field(1.0, ge=0, description="no partial decodes are queued while the ASR queue's "
-                                       "oldest job has waited this long (finals go first; 0: off)")
     subscriber_queue: int = Field(256, description="events buffered per subscriber before coalescing")
     bus_url: str = Field("", description="Redis Streams bus shared by many nodes, e.g. 'redis://127.0.0.1:6379/0' "
                          "(the `scaleout` extra); unset: the in-process bus")

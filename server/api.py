@@ -121,8 +121,12 @@ class Ready(BaseModel):
     model: str | None = None
     active_calls: int = 0
     reason: str | None = Field(None, description="why not ready: the speech model is loading, the store cannot write, "
-                                                  "or the node is draining")
+                                                  "the node is draining, at capacity or its ASR is lagging")
     draining: bool = Field(False, description="the node takes no new calls; its live calls carry on (POST /v1/drain)")
+    capacity: int | None = Field(None, description="live calls this node takes (server.max_calls); null: no limit")
+    headroom: int | None = Field(None, description="calls it may still take: capacity minus live calls (negative when "
+                                                   "resumed calls took it past its capacity); null: no limit")
+    asr_lag_s: float = Field(0.0, description="age of the ASR queue's oldest job (server.max_asr_lag_s refuses new calls)")
 
 
 class DrainRequest(BaseModel):
@@ -258,8 +262,12 @@ async def healthz() -> Health:
 
 
 @router.get("/readyz", response_model=Ready, tags=["operations"],
-            summary="Readiness (speech model loaded and the store can write)", responses={503: {"model": Ready}})
-async def readyz(request: Request):
+            summary="Readiness (speech model loaded, the store can write, room for a new call)",
+            description="503 with `reason` while the node cannot take a new call: the model is loading, the store "
+                        "cannot write, the node drains, is at capacity (`at_capacity`) or its ASR lags "
+                        "(`asr_lagging`). `?for=api`: readiness for REST and feeds, which a full node still serves "
+                        "(capacity and lag left out).", responses={503: {"model": Ready}})
+async def readyz(request: Request, for_: Literal["calls", "api"] = Query("calls", alias="for")):
     s = _services(request)
     store_ok = await s.store.probe()  # while the store is failed: a probe write, at most once a second
     reason = None if store_ok else f"store_unavailable: {s.store.failure}"
@@ -268,8 +276,14 @@ async def readyz(request: Request):
     draining = s.registry.draining
     if draining and reason is None:
         reason = f"draining: no new calls; {len(s.registry)} live call(s) carry on"
-    body = Ready(ready=s.ready and store_ok and not draining, model=s.settings.asr.model if s.ready else None,
-                 active_calls=len(s.registry), reason=reason, draining=draining)
+    load = s.admission.load()
+    overload = s.admission.overload(load) if for_ == "calls" else None
+    if overload is not None and reason is None:
+        reason = f"{overload.code}: {overload.message}"
+    cap = s.admission.policy.capacity
+    body = Ready(ready=reason is None, model=s.settings.asr.model if s.ready else None, active_calls=len(s.registry),
+                 reason=reason, draining=draining, capacity=cap, headroom=None if cap is None else cap - load.calls,
+                 asr_lag_s=round(load.asr_lag_s, 3))
     if not body.ready:
         from fastapi.responses import JSONResponse
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import sys
 import threading
@@ -192,6 +193,10 @@ def _attach_gauges(s: Services) -> None:
 
     m.gauge("calltone_active_calls", "Calls streaming audio now", lambda: len(s.registry))
     m.gauge("calltone_ready", "1 when the speech model is loaded", lambda: 1.0 if s.ready else 0.0)
+    cap = s.admission.policy.capacity
+    m.gauge("calltone_call_capacity", "Live calls this node takes (server.max_calls; +Inf: no limit)",
+            lambda: math.inf if cap is None else float(cap))
+    m.gauge("calltone_call_headroom", "Calls this node may still take: capacity minus live calls", lambda: s.admission.headroom)
     m.gauge("calltone_asr_lag_seconds", "Age of the oldest queued ASR job", lambda: s.runtime.asr.lag_s() if s.runtime else 0.0)
     m.gauge("calltone_asr_partials_dropped", "Partial decodes skipped because the ASR queue was behind (total)",
             asr("dropped_partials"))

@@ -35,6 +35,7 @@ import numpy as np
 
 from calltone.pii import mask_transcript
 from calltone.pipeline import SAMPLE_RATE, CallPipeline, PipelineOptions
+from calltone.server.admission import Admission
 from calltone.server.audiokeeper import AudioKeeper
 from calltone.server.bus import Bus, Message
 from calltone.server.calltime import CallClock
@@ -77,6 +78,7 @@ class Services:
     audio_dir: Path | None = None
     jobs_dir: Path | None = None
     registry: "CallRegistry" = field(init=False)
+    admission: "Admission" = field(init=False)
     jobs: "JobRunner" = field(init=False)
 
     def __post_init__(self) -> None:
@@ -84,6 +86,7 @@ class Services:
         from calltone.server.registry import CallRegistry
 
         self.registry = CallRegistry(self)
+        self.admission = Admission(self)
         self.jobs = JobRunner(self, self.jobs_dir or Path("jobs"))
 
     @property
@@ -120,7 +123,7 @@ class LiveCall:
         if services.settings.privacy.keep_audio and services.audio_dir is not None:
             self.keeper = AudioKeeper(services.audio_dir / call_id, options.roles)
         assert services.runtime is not None
-        self.pipeline = CallPipeline(call_id, services.runtime, options, self._emit)
+        self.pipeline = CallPipeline(call_id, services.runtime, options, self._emit, partial_gate=services.admission)
 
     @property
     def seq(self) -> int:

@@ -67,6 +67,10 @@ class Metrics:
         self.events_not_stored = Counter("calltone_events_not_stored_total",
                                          "Events neither stored nor published because a write of their call failed, by type",
                                          ["type"], registry=r)
+        self.calls_refused = Counter("calltone_calls_refused_total", "New calls refused for load (close 1013), by "
+                                     "reason: at_capacity, asr_lagging", ["reason"], registry=r)
+        self.partials_shed = Counter("calltone_partials_shed_total", "Partial decodes not queued because the node "
+                                     "was loaded (server/admission.py)", registry=r)
         self._gauges = _Gauges()
         r.register(self._gauges)
 

@@ -43,6 +43,8 @@ CLOSE_CODES: dict[str, int] = {
     "internal_error": 1011,
     "not_ready": 1013,          # model still loading
     "store_unavailable": 1013,  # the store cannot write: no new calls; a call being written is cut off (resumable)
+    "at_capacity": 1013,        # this node carries server.max_calls calls: a new call goes to another node
+    "asr_lagging": 1013,        # this node's ASR queue is server.max_asr_lag_s behind: a new call goes elsewhere
     "not_found": 4404,          # no such call
     "subscriber_too_slow": 4408,  # queue overflowed; reconnect with ?after=<last seq>
     "conflict": 4409,           # a producer is already streaming this call

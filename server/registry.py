@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from calltone.server.calls import LiveCall
@@ -38,6 +39,11 @@ class CallRegistry:
     def __len__(self) -> int:
         return len(self.live)
 
+    @property
+    def occupied(self) -> int:
+        """Calls live or being opened on this node (what admission control counts)."""
+        return len(self.live) + len(self._opening)
+
     async def start(self) -> None:
         """Announce this node; mark interrupted the calls left live by nodes that are gone."""
         await self.ownership.start()
@@ -57,6 +63,7 @@ class CallRegistry:
             raise ProtocolError("store_unavailable", f"the call store cannot write ({self.s.store.failure}); retry later")
         self._opening.add(call_id)
         try:
+            await self._admit(call_id)
             await self._claim(call_id)
             try:
                 live = await self._open(call_id, options)
@@ -68,6 +75,20 @@ class CallRegistry:
             self._opening.discard(call_id)
         self.s.metrics.calls_started.inc()
         return live
+
+    async def _admit(self, call_id: str) -> None:
+        """Refuse a new call while the node is overloaded (server/admission.py); a call in progress resumes.
+        ``call_id`` is already among the calls opening: the others are what it would join."""
+        load = self.s.admission.load()
+        overload = self.s.admission.overload(replace(load, calls=load.calls - 1))
+        if overload is None:
+            return
+        row = await self.s.store.read(lambda r: r.get_call(call_id))
+        if row is not None and row["status"] != "ended":
+            log.info("call %s resumes here although %s", call_id, overload.code)
+            return
+        self.s.admission.refuse(overload)
+        raise ProtocolError(overload.code, overload.message)
 
     async def _claim(self, call_id: str) -> None:
         try:

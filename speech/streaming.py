@@ -6,7 +6,8 @@ Commit policy (see docs/asr.md for the measurements behind it): an utterance is
 timings.  While someone is speaking, the audio of the utterance so far is decoded
 every ``partial_interval_s`` as a *partial* hypothesis, which is shown in place and
 replaced by the final.  Partials are best effort (the ASR worker may coalesce or
-skip them under load); finals are never dropped and come out in order.
+skip them under load, and a :class:`PartialGate` may shed them before they are queued);
+finals are never dropped and come out in order.
 
 What the transcriber hears goes to the pipeline as typed items, in order
 (``calltone/speech/utterance.py``): the speech so far (about once a second, when the
@@ -24,7 +25,7 @@ import asyncio
 import logging
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -100,22 +101,40 @@ class CallLanguage:
             self.detected = max(self._votes, key=self._votes.get)
 
 
+class PartialGate(Protocol):
+    """Whether a partial decode may be queued now: the server's admission control sheds partials under load
+    (``server/admission.py``); finals are never gated."""
+
+    def allow_partial(self) -> bool: ...
+
+
+class AllPartials:
+    """No shedding (recordings, tools, tests)."""
+
+    def allow_partial(self) -> bool:
+        return True
+
+
+ALL_PARTIALS = AllPartials()
+
+
 class ChannelTranscriber:
     """VAD + partial/final decoding for one channel, by ``policy``; what it hears goes to ``hear``.
 
     ``voice``: the channel's voice is graded, so decodes also return the encoder embedding; with
     ``voice_views`` the speech so far is handed over about once a second too (for a voice score
     during the utterance).  With ``transcribe=False`` nothing is decoded, but the speech is still
-    handed over (so the voice alone can be graded)."""
+    handed over (so the voice alone can be graded).  ``gate`` may shed partial decodes under load (the
+    speech so far is then handed over undecoded, as when the previous partial is still in flight)."""
 
     def __init__(self, call_id: str, channel: str, worker: AsrWorker, cpu: Executor, vad: StreamingVad,
                  language: CallLanguage, settings: AsrSettings, hear: Callable[[Heard], None],
                  policy: DecodePolicy = LIVE, voice: bool = False, beam_size: int | None = None,
-                 transcribe: bool = True, voice_views: bool = False) -> None:
+                 transcribe: bool = True, voice_views: bool = False, gate: PartialGate = ALL_PARTIALS) -> None:
         self.call_id, self.channel = call_id, channel
         self.worker, self.cpu, self.vad = worker, cpu, vad
         self.language, self.s, self.hear = language, settings, hear
-        self.policy, self.voice, self.transcribe = policy, voice, transcribe
+        self.policy, self.voice, self.transcribe, self.gate = policy, voice, transcribe, gate
         self.voice_views = voice and voice_views
         self.views = policy.show_partials or self.voice_views  # the utterance so far is looked at about once a second
         self.word_timestamps = settings.word_timestamps and policy.word_timestamps
@@ -239,7 +258,7 @@ class ChannelTranscriber:
                 self._views.append(SpeechSoFar(self.channel, start, now, audio))
             return
         busy = self._partial_task is not None and not self._partial_task.done()
-        if not self.transcribe or busy or not self.policy.show_partials:
+        if not self.transcribe or busy or not self.policy.show_partials or not self.gate.allow_partial():
             if self.voice_views:  # the voice is graded without waiting for a decode
                 self.hear(SpeechSoFar(self.channel, start, now, audio))
             return
