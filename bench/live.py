@@ -119,6 +119,7 @@ class Level:
     partials: int
     partial_gap_p50_s: float
     asr_lag_max_s: float
+    asr_busy: float  # decoder-seconds spent decoding per second (calltone_asr_busy_seconds): how many decoders were busy
     server_cpu_cores: float | None
     client_cpu_cores: float
     rss_mib: float | None
@@ -442,9 +443,11 @@ async def run_level(args: argparse.Namespace, url: str, specs: list[CallSpec], p
     job = await start_job(http, args.token, args.job) if args.job else None
     stop, sampler = asyncio.Event(), Sampler(http, args.token, pid)
     poll = asyncio.ensure_future(sampler.run(stop))
+    busy0 = await asyncio.to_thread(scrape, http, args.token, "calltone_asr_busy_seconds")
     cpu0, own0, t0 = (tree_usage(pid).cpu_s if pid else 0.0), sum(os.times()[:2]), time.monotonic()
     outcomes = await asyncio.gather(*(run_call(w, k * args.stagger / n) for k, w in enumerate(wires)))
     wall = time.monotonic() - t0
+    busy = (await asyncio.to_thread(scrape, http, args.token, "calltone_asr_busy_seconds") - busy0) / wall
     server_cpu = (tree_usage(pid).cpu_s - cpu0) / wall if pid else None
     client_cpu = (sum(os.times()[:2]) - own0) / wall
     stop.set()
@@ -453,11 +456,12 @@ async def run_level(args: argparse.Namespace, url: str, specs: list[CallSpec], p
     if job:
         st = await asyncio.to_thread(http_json, http, args.token, f"/v1/jobs/{job}")
         job_state = {"status": st["status"], **{k: st["progress"][k] for k in ("files_done", "files_total")}}
-    return summarise(args, specs, list(outcomes), reference, sampler, server_cpu, client_cpu, job_state)
+    return summarise(args, specs, list(outcomes), reference, sampler, (busy, server_cpu, client_cpu), job_state)
 
 
 def summarise(args: argparse.Namespace, specs: list[CallSpec], outs: list[CallOutcome], reference: dict[str, int],
-              sampler: Sampler, server_cpu: float | None, client_cpu: float, job: dict | None) -> Level:
+              sampler: Sampler, use: tuple[float, float | None, float], job: dict | None) -> Level:
+    asr_busy, server_cpu, client_cpu = use
     lat = [x for o in outs for x in o.final_latency_s]
     emo = [x for o in outs for x in o.emotion_delay_s]
     gaps = [x for o in outs for x in o.partial_gaps_s]
@@ -471,7 +475,7 @@ def summarise(args: argparse.Namespace, specs: list[CallSpec], outs: list[CallOu
                  final_p50_s=pct(lat, 50), final_p95_s=pct(lat, 95), final_max_s=max(lat, default=float("nan")),
                  emotion_p50_s=pct(emo, 50), emotion_p95_s=pct(emo, 95), feed_p95_s=pct(feed, 95),
                  partials=sum(o.partials for o in outs), partial_gap_p50_s=pct(gaps, 50),
-                 asr_lag_max_s=sampler.lag_max, server_cpu_cores=server_cpu, client_cpu_cores=client_cpu,
+                 asr_lag_max_s=sampler.lag_max, asr_busy=asr_busy, server_cpu_cores=server_cpu, client_cpu_cores=client_cpu,
                  rss_mib=sampler.rss_max if sampler.pid else None, pss_mib=sampler.pss_max if sampler.pid else None,
                  refused=sum(o.refused for o in outs), errors=len(errors), first_error=errors[0] if errors else "",
                  job=job, outcomes=outs)
@@ -512,7 +516,7 @@ def f2(x: float | None, fmt: str = ".2f") -> str:
 
 COLUMNS = ["calls", "protocol", "finals", "final p50 (s)", "final p95 (s)", "final max (s)",
            "emotion update p50 / p95 (s)", "feed delay p95 (s)", "partials / median gap (s)", "ASR lag max (s)",
-           "server CPU (cores)", "bench CPU (cores)", "server RSS / PSS peak (MiB)", "refused (1013)", "errors"]
+           "ASR decoders busy", "server CPU (cores)", "bench CPU (cores)", "server RSS / PSS peak (MiB)", "refused (1013)", "errors"]
 
 
 def row(r: Level) -> list[str]:
@@ -520,7 +524,8 @@ def row(r: Level) -> list[str]:
     return [str(r.calls), r.protocol, f"{r.finals} / {r.server_finals} / {f2(r.reference_finals, 'd')} / "
             f"{r.script_utterances}", f2(r.final_p50_s), f2(r.final_p95_s), f2(r.final_max_s),
             f"{f2(r.emotion_p50_s)} / {f2(r.emotion_p95_s)}", f2(r.feed_p95_s),
-            f"{r.partials} / {f2(r.partial_gap_p50_s)}", f2(r.asr_lag_max_s), f2(r.server_cpu_cores),
+            f"{r.partials} / {f2(r.partial_gap_p50_s)}", f2(r.asr_lag_max_s), f2(r.asr_busy),
+            f2(r.server_cpu_cores),
             f2(r.client_cpu_cores), f"{f2(r.rss_mib, '.0f')} / {f2(r.pss_mib, '.0f')}", str(r.refused),
             str(r.errors), *job]
 
