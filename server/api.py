@@ -268,7 +268,16 @@ async def healthz() -> Health:
                         "(`asr_lagging`). `?for=api`: readiness for REST and feeds, which a full node still serves "
                         "(capacity and lag left out).", responses={503: {"model": Ready}})
 async def readyz(request: Request, for_: Literal["calls", "api"] = Query("calls", alias="for")):
-    s = _services(request)
+    body = await _readiness(_services(request), for_)
+    if not body.ready:
+        from fastapi.responses import JSONResponse
+
+        return JSONResponse(body.model_dump(), status_code=503)
+    return body
+
+
+async def _readiness(s: Services, for_: Literal["calls", "api"] = "calls") -> Ready:
+    """Whether this node takes a new call now (``for_="api"``: serves REST and feeds), and why not."""
     store_ok = await s.store.probe()  # while the store is failed: a probe write, at most once a second
     reason = None if store_ok else f"store_unavailable: {s.store.failure}"
     if not s.ready:
@@ -281,14 +290,9 @@ async def readyz(request: Request, for_: Literal["calls", "api"] = Query("calls"
     if overload is not None and reason is None:
         reason = f"{overload.code}: {overload.message}"
     cap = s.admission.policy.capacity
-    body = Ready(ready=reason is None, model=s.settings.asr.model if s.ready else None, active_calls=len(s.registry),
+    return Ready(ready=reason is None, model=s.settings.asr.model if s.ready else None, active_calls=len(s.registry),
                  reason=reason, draining=draining, capacity=cap, headroom=None if cap is None else cap - load.calls,
                  asr_lag_s=round(load.asr_lag_s, 3))
-    if not body.ready:
-        from fastapi.responses import JSONResponse
-
-        return JSONResponse(body.model_dump(), status_code=503)
-    return body
 
 
 @router.post("/v1/drain", response_model=Ready, tags=["operations"], summary="Drain this node (or take it back)",
@@ -300,9 +304,7 @@ async def drain(request: Request, body: DrainRequest, who: Principal = Depends(p
     s.registry.draining = body.draining
     log.warning("%s: node %s by %s (%d live call(s))", "drain" if body.draining else "undrain",
                 "draining" if body.draining else "taking calls again", who.name, len(s.registry))
-    return Ready(ready=s.ready and not body.draining, model=s.settings.asr.model if s.ready else None,
-                 active_calls=len(s.registry), draining=body.draining,
-                 reason="draining: no new calls" if body.draining else None)
+    return await _readiness(s)
 
 
 @router.get("/metrics", response_class=PlainTextResponse, tags=["operations"], summary="Prometheus metrics")
