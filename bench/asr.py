@@ -3,6 +3,8 @@
     python bench/asr.py offline            # RTF of base and tiny.en, int8, 2 threads
     python bench/asr.py live [--n 1 2 4 8 16] [--seconds 60]
     python bench/asr.py all                 # both; prints markdown tables
+    python bench/asr.py cer [--lang zh en] [--condition clean g711] [--n-zh 80] [--n-en 30] [--jsonl FILE]
+                                            # transcript accuracy side by side with faster-whisper (bench/asr_accuracy.py)
 
 Live: N channels (N/2 stereo calls composed by ../shared/tools/make_calls.py from
 real speech, 8 kHz telephony) are pushed through CallPipeline in 20 ms frames at
@@ -68,8 +70,9 @@ def bench_offline() -> list[dict]:
     for model in ("base", "tiny.en"):
         settings = Settings()
         settings.asr.model = model
+        settings.asr.workers = 1  # the decoder in this process: faster-whisper's own transcribe runs on its model
         rt = Runtime.create(settings)
-        fw = rt.asr.engine._fw
+        fw = rt.asr.decoders[0]._fw
         list(fw.transcribe(audio[:16000], language="en", beam_size=1)[0])  # warm up
         t0, c0 = time.perf_counter(), cpu_seconds()
         segs, _ = fw.transcribe(audio, language="en", beam_size=1, temperature=0.0)
@@ -173,6 +176,24 @@ def bench_live(ns: list[int], seconds: float) -> list[dict]:
     return rows
 
 
+def bench_cer(a: argparse.Namespace) -> None:
+    from asr_accuracy import run_cer  # bench/ is on sys.path when run as a script
+
+    rows = []
+
+    def out(row: dict) -> None:
+        hyps = row.pop("hyps")
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        if a.jsonl:
+            with open(a.jsonl, "a", encoding="utf-8") as f:
+                f.write(json.dumps({**row, "hyps": hyps}, ensure_ascii=False) + "\n")
+        rows.append(row)
+
+    print(f"### Transcript accuracy side by side ({a.n_zh} CASIA zh clips, {a.n_en}+3 English clips, seed {a.seed})\n")
+    run_cer(a.lang, a.condition, a.n_zh, a.n_en, a.seed, a.systems, out)
+    print(table(rows) + "\n")
+
+
 def table(rows: list[dict]) -> str:
     if not rows:
         return ""
@@ -185,12 +206,22 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["offline", "live", "all"], nargs="?", default="all")
+    ap.add_argument("what", choices=["offline", "live", "all", "cer"], nargs="?", default="all")
     ap.add_argument("--n", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--lang", nargs="+", default=["zh", "en"], choices=["zh", "en"])
+    ap.add_argument("--condition", nargs="+", default=["clean", "g711"], choices=["clean", "g711"])
+    ap.add_argument("--n-zh", type=int, default=80, help="CASIA clips (seeded sample, both speakers, all emotions)")
+    ap.add_argument("--n-en", type=int, default=30, help="RAVDESS clips (plus jfk and the two stereo channels)")
+    ap.add_argument("--seed", type=int, default=13)
+    ap.add_argument("--systems", nargs="+", help="only these systems (names as in bench/asr_accuracy.py)")
+    ap.add_argument("--jsonl", type=Path, help="also append every row (with its hypotheses) to this file")
     a = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     print(f"machine: {machine()}\ndate: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\ncommand: python bench/asr.py {' '.join(sys.argv[1:])}\n")
+    if a.what == "cer":
+        bench_cer(a)
+        return
     if a.what in ("offline", "all"):
         print("### Offline real-time factor (int8, 2 threads, 30 s of English from multilingual.mp3)\n")
         print(table(bench_offline()) + "\n")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import os
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,10 +25,13 @@ import numpy as np
 
 from calltone.events import Word
 from calltone.speech.audio import SAMPLE_RATE
+from calltone.speech.guards import (compression_ratio, cut_repeated_phrase, cut_repetition, only_hotwords, repeats_prompt,
+                                    whole_characters)
 
 FRAMES_PER_SECOND = 100  # log-mel frames
 MAX_TOKENS = 448
 EMBED_WINDOW_S = 10.0
+MAX_CONTEXT = 64  # tokens of previous text (and, apart, of hot-words) a decode is conditioned on
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,12 @@ class DecodeOptions:
     no_speech_threshold: float = 0.6
     logprob_threshold: float = -1.0
     compression_ratio_threshold: float = 2.4
+    without_timestamps: bool = True  # False: decode with timestamp tokens, as faster-whisper's transcribe does
+    hotwords: tuple[str, ...] = ()  # vocabulary every decode is conditioned on (before any other context)
+    prompts: tuple[tuple[str, str], ...] = ()  # (language, text): the context of an utterance with no previous final
+
+    def prompt_for(self, language: str | None) -> str:
+        return dict(self.prompts).get(language, "") if language else ""
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,8 @@ class DecodeRequest:
     packed_parts: int = 1  # utterances joined into this request (speech/packing.py)
     language_group: str | None = None  # requests of one group (a call) in one batch share one language detection
     packable: bool = False  # may share one decode with the channel's neighbouring utterances (needs no embedding; speech/packing.py)
+    lead_s: float = 0.0  # audio before the utterance at the start of ``audio``: decoded (a late VAD onset), but
+    # words and the embedding start after it
 
 
 @dataclass
@@ -89,65 +99,6 @@ class DecodeResult:
 def pool_frames(frames: np.ndarray) -> np.ndarray:
     """The voice embedding: mean and standard deviation of encoder rows."""
     return np.concatenate([frames.mean(0), frames.std(0)]).astype(np.float32)
-
-
-def compression_ratio(text: str) -> float:
-    data = text.encode("utf-8")
-    return len(data) / max(1, len(zlib.compress(data)))
-
-
-def cut_repetition(tokens: list[int], min_period: int = 1, max_period: int = 12, max_repeats: int = 3) -> list[int]:
-    """Cut a trailing loop: a block of 1..12 tokens repeated more than ``max_repeats`` times."""
-    n = len(tokens)
-    for period in range(min_period, min(max_period, n // (max_repeats + 1)) + 1):
-        block = tokens[n - period :]
-        reps = 1
-        i = n - 2 * period
-        while i >= 0 and tokens[i : i + period] == block:
-            reps += 1
-            i -= period
-        if reps > max_repeats:
-            return tokens[: i + 2 * period]  # keep one copy of the repeated block
-    return tokens
-
-
-def cut_repeated_phrase(tokens: list, min_period: int = 5, max_period: int = 40) -> list:
-    """Cut a phrase of 5+ tokens that comes back right after itself at the end (``A B C D E A B C D E A B``):
-    Whisper's usual hallucination into the silence after short speech.  Keeps the first copy.
-    A tail shorter than half the phrase (``... door. Dogs``) is left alone.  Works on any sequence
-    (tokens here; words of each utterance of a packed decode in speech/packing.py)."""
-    n = len(tokens)
-    best = n
-    for period in range(min_period, min(max_period, n - 2) + 1):
-        i = n - period - 1
-        while i >= 0 and tokens[i] == tokens[i + period]:
-            i -= 1
-        start = i + 1  # the suffix tokens[start:] repeats with this period
-        if n - start >= period + max(2, period // 2):
-            best = min(best, start + period)
-    return tokens[:best]
-
-
-def whole_characters(tok, tokens: list[int]) -> list[int]:
-    """``tokens`` without the trailing ones that hold only part of a character.  Whisper's byte-level
-    BPE spreads a character over several tokens (many Chinese ones over 2 or 3 of their 3 UTF-8 bytes), so
-    a token list cut anywhere (the length budget, a repetition cut) can end inside one, and decoding
-    it would end in U+FFFD.  Every decode's text and words come from the tokens kept here."""
-    end = len(tokens)
-    while end and tok.decode(tokens[:end]).endswith("\ufffd"):
-        end -= 1
-    return tokens[:end]
-
-
-def repeats_prompt(text: str, prompt: str) -> bool:
-    """Whether ``text`` is nothing but (a part of) ``prompt``, ignoring case, spaces and punctuation:
-    what Whisper decodes from an unclear utterance when conditioned on the previous one's text."""
-    said = _letters(text)
-    return bool(said) and said in _letters(prompt)
-
-
-def _letters(text: str) -> str:
-    return "".join(c for c in text.casefold() if c.isalnum())
 
 
 @dataclass
@@ -226,9 +177,16 @@ class WhisperEngine:
         return enc_row[:n]
 
     def encode(self, feats: np.ndarray):
+        """The encoder output of a batch of windows.  On the CPU one window at a time: the same output bit for bit,
+        and a stack of 8 10 s windows cost ~1.5x the CPU per window of one (its attention matrices outgrow the
+        cache; docs/benchmarks.md, "Batch scoring").  A GPU gets the whole batch."""
         import ctranslate2
 
-        return self._ct2.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(feats, dtype=np.float32)))
+        feats = np.ascontiguousarray(feats, dtype=np.float32)
+        if self.device != "cpu" or len(feats) == 1:
+            return self._ct2.encode(ctranslate2.StorageView.from_array(feats))
+        rows = [np.asarray(self._ct2.encode(ctranslate2.StorageView.from_array(feats[i : i + 1]))) for i in range(len(feats))]
+        return ctranslate2.StorageView.from_array(np.concatenate(rows))
 
     # -- public API --------------------------------------------------------------------
     def decode(self, requests: list[DecodeRequest], options: DecodeOptions = DecodeOptions()) -> list[DecodeResult]:
@@ -237,7 +195,8 @@ class WhisperEngine:
         groups: dict[tuple[float, int], list[int]] = {}
         for i, req in enumerate(requests):
             w = self.window_for(len(req.audio) / SAMPLE_RATE, options)
-            groups.setdefault((w, req.beam_size, bool(req.previous_text.strip())), []).append(i)
+            has_context = bool(req.previous_text.strip() or options.prompt_for(req.language))
+            groups.setdefault((w, req.beam_size, has_context), []).append(i)
         for (window, beam, _), idx in groups.items():
             batch = [requests[i] for i in idx]
             for i, res in zip(idx, self._decode_group(batch, window, beam, options)):
@@ -252,7 +211,7 @@ class WhisperEngine:
         enc_np = np.asarray(enc)  # a view of the encoder output (language ids, alignment, embeddings)
         languages = self._languages(batch, enc_np)
         hyps = self._generate(enc, batch, languages, beam, options, context=True)
-        again = [k for k, (r, lang, h) in enumerate(zip(batch, languages, hyps)) if self._copies_prompt(r, lang, h)]
+        again = [k for k, (r, lang, h) in enumerate(zip(batch, languages, hyps)) if self._copies_prompt(r, lang, h, options)]
         if again:  # conditioned on the previous final, the decoder copied it (unclear audio): decode those without it
             sub = ctranslate2.StorageView.from_array(np.ascontiguousarray(enc_np[again]))
             redo = self._generate(sub, [batch[k] for k in again], [languages[k] for k in again], beam, options, context=False)
@@ -263,14 +222,19 @@ class WhisperEngine:
                       if not res.dropped and r.word_timestamps and options.word_timestamps]
         if align_jobs:
             self._align(enc_np, batch, languages, out, align_jobs)
+        for r, res in zip(batch, out):
+            if r.lead_s:
+                res.words = [w.model_copy(update={"start": round(max(0.0, w.start - r.lead_s), 3),
+                                                  "end": round(max(0.0, w.end - r.lead_s), 3)}) for w in res.words]
         if any(r.embed for r in batch):
             for k, r in enumerate(batch):
                 if r.embed:
-                    rows = self.embedding_rows(r.audio, enc_np[k], window)
+                    audio = r.audio[int(r.lead_s * SAMPLE_RATE) :]
+                    rows = self.embedding_rows(audio, enc_np[k][int(r.lead_s / 0.02) :], window)
                     out[k].embedding = pool_frames(rows)
                     if r.embed_frames:
                         out[k].embedding_frames = np.array(rows, dtype=np.float32)
-                        out[k].embedding_offset_s = max(0.0, len(r.audio) / SAMPLE_RATE - EMBED_WINDOW_S)
+                        out[k].embedding_offset_s = max(0.0, len(audio) / SAMPLE_RATE - EMBED_WINDOW_S)
         for res in out:
             if res.language == "zh" and res.text:
                 res.text = self.to_simplified(res.text)
@@ -302,15 +266,18 @@ class WhisperEngine:
                   context: bool) -> list[_Hypothesis]:
         """Greedy/beam decoding of encoder output ``enc`` (one row per request), conditioned on each
         request's previous text when ``context``; loops and repeated phrases cut, whole characters kept."""
-        # previous-text context, cut to one length: CTranslate2 needs <|startoftranscript|> at the same position
-        contexts = [self.tokenizer(lang).encode(" " + r.previous_text.strip()) if context and r.previous_text.strip() else []
+        # hot-words, then the previous final (or the language's prompt), that part cut to one length:
+        # CTranslate2 needs <|startoftranscript|> at the same position in every prompt of a batch
+        hot = self.tokenizer(languages[0]).encode(" " + " ".join(options.hotwords))[:MAX_CONTEXT] if context and options.hotwords else []
+        contexts = [self.tokenizer(lang).encode(" " + text) if (text := self._context_text(r, options)) and context else []
                     for r, lang in zip(batch, languages)]
-        keep = min(64, min(len(c) for c in contexts))
+        keep = min(MAX_CONTEXT, min(len(c) for c in contexts))
         prompts, max_len = [], 0
         for r, lang, ctx in zip(batch, languages, contexts):
             tok = self.tokenizer(lang)
-            ctx = ctx[len(ctx) - keep :] if keep else []
-            prompts.append(([tok.sot_prev] + ctx if ctx else []) + list(tok.sot_sequence) + [tok.no_timestamps])
+            ctx = hot + (ctx[len(ctx) - keep :] if keep else [])
+            timestamps = [tok.no_timestamps] if options.without_timestamps else []
+            prompts.append(([tok.sot_prev] + ctx if ctx else []) + list(tok.sot_sequence) + timestamps)
             budget = 8 + int(math.ceil(len(r.audio) / SAMPLE_RATE * options.tokens_per_second))
             max_len = max(max_len, len(prompts[-1]) + budget)
         gen = self._ct2.generate(enc, prompts, beam_size=beam, max_length=min(MAX_TOKENS, max_len), return_scores=True,
@@ -327,11 +294,17 @@ class WhisperEngine:
             hyps.append(_Hypothesis(tokens, tok.decode(tokens).strip(), avg_logprob, float(g.no_speech_prob)))
         return hyps
 
-    def _copies_prompt(self, request: DecodeRequest, language: str, hyp: _Hypothesis) -> bool:
-        if not request.previous_text.strip():
+    @staticmethod
+    def _context_text(request: DecodeRequest, options: DecodeOptions) -> str:
+        """What a decode is conditioned on after the hot-words: the channel's previous final, else the prompt."""
+        return request.previous_text.strip() or options.prompt_for(request.language)
+
+    def _copies_prompt(self, request: DecodeRequest, language: str, hyp: _Hypothesis, options: DecodeOptions) -> bool:
+        context = " ".join([*options.hotwords, self._context_text(request, options)]).strip()
+        if not context:
             return False
         text = self.to_simplified(hyp.text) if language == "zh" else hyp.text  # finals (the prompts) are simplified
-        return repeats_prompt(text, request.previous_text)
+        return repeats_prompt(text, context) or only_hotwords(text, options.hotwords)
 
     @staticmethod
     def _result(language: str, hyp: _Hypothesis, window: float, options: DecodeOptions) -> DecodeResult:

@@ -181,9 +181,14 @@ class ChannelTranscriber:
 
     # -- finals ----------------------------------------------------------------------------
     def _finalise(self, seg: SpeechSegment) -> None:
+        before = self.segments[-1].end if self.segments else 0.0
         self.segments.append(seg)
         self._utterance += 1
         audio = self.buffer.slice(seg.start, seg.end)
+        p = self.policy
+        packable = p.packable and not self.voice
+        lead = 0.0 if packable else max(0.0, min(self.s.decode_lead_s, seg.start - before))  # never the previous utterance
+        decoded = self.buffer.slice(seg.start - lead, seg.end) if lead else audio
         self.buffer.trim_before(seg.end - 1.0)
         views, self._views = self._views, []
         if not self.transcribe:
@@ -191,11 +196,10 @@ class ChannelTranscriber:
                 self.hear(view)
             self.hear(Utterance(self.channel, seg.start, seg.end, audio))
             return
-        p = self.policy
-        request = DecodeRequest(audio, self.language.current, word_timestamps=self.word_timestamps, beam_size=self.beam_size,
+        request = DecodeRequest(decoded, self.language.current, word_timestamps=self.word_timestamps, beam_size=self.beam_size,
                                 previous_text=self._previous_text if p.condition_on_previous_text else "",
                                 embed=self.voice, embed_frames=self.voice and bool(views),
-                                packable=p.packable and not self.voice, language_group=self.call_id)
+                                packable=packable, language_group=self.call_id, lead_s=lead)
         future = asyncio.wrap_future(self.worker.submit(self._stream_id, request, final=True, background=p.background))
         previous = self._final_chain
         self._final_chain = asyncio.ensure_future(self._emit_final(seg, audio, future, previous, views))
