@@ -46,7 +46,6 @@ CORPUS = SHARED / "data" / "emotion-speech"
 STEREO_REF = {"customer": "He began a confused complaint against the wizard, who had vanished behind the curtain on the left.",
               "agent": "The horizon seems extremely distant."}
 JFK_REF = "And so, my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
-CONDITIONS = ("clean", "g711")
 PROMPT_ZH = "您好，欢迎致电客服中心，请问有什么可以帮您？"  # simplified Chinese, as a call opens
 CALL_CENTRE_WORDS = ("退款", "账单", "套餐", "宽带", "投诉", "话费", "流量", "客服")  # vocabulary not in the clips
 CASIA_NAMES = ("孙英", "苏梅", "国华", "大岳", "小宝", "十头峡")  # names in the CASIA sentences (a targeted list)
