@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import os
 import re
 import subprocess
 import sys
@@ -195,6 +196,19 @@ def test_hotwords_and_prompts_spell_the_configured_vocabulary(engine):
     assert text(hotwords=("ComfyUI",)).count("ComfyUI") == 2
     assert "ComfyUI" in text(prompts=(("en", "Open the ComfyUI folder."),))
     assert "ComfyUI" not in text(prompts=(("zh", "Open the ComfyUI folder."),))  # another language's prompt
+
+
+def test_hotwords_setting_reaches_calltone_transcribe():
+    """``asr.hotwords`` in the settings (here from the environment) is what the decoders are conditioned on."""
+    def customer_line(**env: str) -> str:
+        out = subprocess.run([sys.executable, "-m", "calltone.cli", "transcribe", str(require(HOTWORDS_CLIP)), "--format",
+                              "text", "--language", "en"], capture_output=True, text=True, timeout=300,
+                             env=dict(os.environ, **env))
+        assert out.returncode == 0, out.stderr
+        return next(line for line in out.stdout.splitlines() if "customer:" in line)
+
+    assert "ComfyUI" not in customer_line()
+    assert customer_line(CALLTONE_ASR__HOTWORDS='["ComfyUI"]').count("ComfyUI") == 2
 
 
 @pytest.mark.parametrize("kind", NOISES)
