@@ -43,7 +43,8 @@ class Runtime:
         model_dir, multilingual = resolve_model(a.model, settings.cache_dir)
         spec = EngineSpec(model_dir, multilingual, a.compute_type, a.cpu_threads, a.device)
         options = DecodeOptions(word_timestamps=a.word_timestamps, window_buckets_s=_buckets(a.window_s),
-                                hotwords=tuple(a.hotwords), prompts=tuple(a.prompts.items()))
+                                hotwords=tuple(a.hotwords), prompts=tuple(a.prompts.items()),
+                                languages=tuple(a.languages))
         worker = AsrWorker(open_decoders(spec, asr_workers(a)), options, max_batch=asr_max_batch(a),
                            partial_lag_drop_s=a.partial_lag_drop_s, pack_speech_s=a.batch_pack_s)
         cpu = ThreadPoolExecutor(max_workers=cpu_workers or max(1, os.cpu_count() or 1), thread_name_prefix="calltone-cpu")

@@ -28,6 +28,9 @@ class AsrSettings(BaseModel):
                          "threads, fed by one queue (0 = one per core on cpu, one on cuda; 1 = a thread in this process)")
     cpu_threads: int = Field(1, ge=0, description="threads of each ASR worker (0 = all cores)")
     language: Language = "auto"
+    languages: list[str] = Field(["zh", "en"], description="with language 'auto', what detection chooses among: the "
+                                 "most likely of these (a short or noisy utterance is otherwise now and then heard as "
+                                 "Vietnamese or German and garbled); [] = any language Whisper knows")
     live_beam_size: int = Field(1, description="beam for live finals (partials are always greedy); 5: Mandarin "
                                 "CER 14.7 -> 13.3 % clean, 23.8 -> 19.2 % at 8 kHz for ~13 % more CPU per final (docs/asr.md)")
     offline_beam_size: int = Field(1, description="beam for batch scoring and `calltone transcribe`")
@@ -42,7 +45,8 @@ class AsrSettings(BaseModel):
     word_timestamps: bool = True
     decode_lead_s: float = Field(0.3, ge=0.0, description="a final is decoded from this much audio before its VAD "
                                  "onset (not before the previous utterance), which the VAD often marks late on "
-                                 "8 kHz speech; words and the voice embedding still start at the onset (docs/asr.md)")
+                                 "8 kHz speech; words start at the onset. Not on channels whose voice is graded: the lead "
+                                 "shifts the voice embedding and lowered angry grades on a held-out caller (docs/asr.md)")
     hotwords: list[str] = Field(default_factory=list, description="call-centre vocabulary (product, plan or place "
                                 "names) every decode is conditioned on, as faster-whisper's hotwords; they are spelt "
                                 "as given where said (docs/asr.md); off by default")
@@ -93,7 +97,7 @@ class ServerSettings(BaseModel):
     tokens: dict[str, str] = Field(default_factory=dict, description="bearer token -> role[:agent_id], e.g. {'s3cr3t': 'agent:a42'}")
     max_frame_bytes: int = Field(64_000, description="largest binary audio frame accepted")
     max_calls: int | None = Field(None, ge=0, description="live calls this node takes before new ones are refused "
-                                  "(at_capacity, close 1013; /readyz 503); unset: 4 per ASR worker "
+                                  "(at_capacity, close 1013; /readyz 503); unset: 6 per ASR worker "
                                   "(server/admission.py); 0: no limit")
     max_asr_lag_s: float = Field(3.0, ge=0, description="new calls are refused too (asr_lagging) while the ASR "
                                  "queue's oldest job has waited this long; 0: off")

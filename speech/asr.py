@@ -47,6 +47,7 @@ class DecodeOptions:
     without_timestamps: bool = True  # False: decode with timestamp tokens, as faster-whisper's transcribe does
     hotwords: tuple[str, ...] = ()  # vocabulary every decode is conditioned on (before any other context)
     prompts: tuple[tuple[str, str], ...] = ()  # (language, text): the context of an utterance with no previous final
+    languages: tuple[str, ...] = ()  # what language detection chooses among (the most likely of these); () = any
 
     def prompt_for(self, language: str | None) -> str:
         return dict(self.prompts).get(language, "") if language else ""
@@ -209,7 +210,7 @@ class WhisperEngine:
         feats = np.stack([self.features(r.audio, window) for r in batch])
         enc = self.encode(feats)
         enc_np = np.asarray(enc)  # a view of the encoder output (language ids, alignment, embeddings)
-        languages = self._languages(batch, enc_np)
+        languages = self._languages(batch, enc_np, options.languages)
         hyps = self._generate(enc, batch, languages, beam, options, context=True)
         again = [k for k, (r, lang, h) in enumerate(zip(batch, languages, hyps)) if self._copies_prompt(r, lang, h, options)]
         if again:  # conditioned on the previous final, the decoder copied it (unclear audio): decode those without it
@@ -242,9 +243,9 @@ class WhisperEngine:
                     w.word = self.to_simplified(w.word)
         return out
 
-    def _languages(self, batch: list[DecodeRequest], enc_np: np.ndarray) -> list[str]:
-        """Each request's language: given, or detected from the encoder output (one detection pass;
-        requests of one language_group share the longest one's answer)."""
+    def _languages(self, batch: list[DecodeRequest], enc_np: np.ndarray, allowed: tuple[str, ...]) -> list[str]:
+        """Each request's language: given, or detected from the encoder output (one detection pass; the most
+        likely of ``allowed``, if any; requests of one language_group share the longest one's answer)."""
         import ctranslate2
 
         languages = [r.language if self.multilingual else "en" for r in batch]
@@ -257,7 +258,7 @@ class WhisperEngine:
                     leader[key] = k
             ks = list(leader.values())
             ranked = self._ct2.detect_language(ctranslate2.StorageView.from_array(np.ascontiguousarray(enc_np[ks])))
-            found = {key: r[0][0][2:-2] for key, r in zip(leader, ranked)}
+            found = {key: _most_likely(r, allowed) for key, r in zip(leader, ranked)}
             for k in unknown:
                 languages[k] = found[batch[k].language_group or ("request", k)]
         return languages
@@ -335,6 +336,12 @@ class WhisperEngine:
             results = self._ct2.align(sub, tok.sot_sequence, [t for _, t in items], num_frames, median_filter_width=7)
             for (k, tokens), result in zip(items, results):
                 out[k].words = _words_from_alignment(tok, tokens, result)
+
+
+def _most_likely(ranked: list[tuple[str, float]], allowed: tuple[str, ...]) -> str:
+    """The most likely language of a detection (``<|zh|>`` tokens, most likely first) among ``allowed``."""
+    codes = [token[2:-2] for token, _ in ranked]
+    return next((c for c in codes if c in allowed), codes[0]) if allowed else codes[0]
 
 
 def _words_from_alignment(tok, tokens: list[int], result) -> list[Word]:

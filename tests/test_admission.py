@@ -166,11 +166,11 @@ def refused_audiohook(srv, conversation_id: str) -> None:
 # --------------------------------------------------------------------------- tests
 
 
-def test_capacity_is_four_calls_per_asr_worker_unless_set():
+def test_capacity_is_six_calls_per_asr_worker_unless_set():
     s = Settings()
     assert AdmissionPolicy.from_settings(s).capacity == CALLS_PER_ASR_WORKER * asr_workers(s.asr)
     s.asr.workers = 3
-    assert AdmissionPolicy.from_settings(s).capacity == 12
+    assert AdmissionPolicy.from_settings(s).capacity == 18
     s.server.max_calls = 5
     assert AdmissionPolicy.from_settings(s).capacity == 5
     s.server.max_calls = 0

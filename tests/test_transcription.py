@@ -17,6 +17,7 @@ import pytest
 
 from calltone.events import TranscriptFinal, TranscriptPartial
 from calltone.pipeline import PipelineOptions, run_recording
+from calltone.settings import Settings
 from calltone.speech.asr import DecodeOptions, DecodeRequest
 from calltone.speech.audio import load_recording
 from calltone.speech.decoding import LIVE
@@ -140,6 +141,17 @@ def test_language_auto_detects_mandarin(runtime):
     events = run(runtime, {"customer": call}, language="auto")
     assert [e for e in events if e.type == "call.ended"][0].summary["language"] == "zh"
     assert all(e.language == "zh" for e in finals(events))
+
+
+def test_language_detection_chooses_among_the_configured_languages(engine):
+    """``asr.languages`` (zh, en by default): detection takes the most likely of those, so German speech is
+    heard as one of them, not as German; with () any language may come out."""
+    audio = load_recording(require(EMOTION_SPEECH / "emodb" / "03a01Nc.flac")).channels["customer"]
+    anywhere = engine.decode([DecodeRequest(audio, None)], DecodeOptions())[0]
+    ours = engine.decode([DecodeRequest(audio, None)], DecodeOptions(languages=("zh", "en")))[0]
+    assert anywhere.language == "de"
+    assert ours.language in ("zh", "en")
+    assert Settings().asr.languages == ["zh", "en"]
 
 
 def test_streaming_in_20ms_frames_matches_offline(runtime, engine):
