@@ -22,7 +22,7 @@ import uvicorn
 from fastapi import FastAPI, WebSocket
 from fastapi.openapi.utils import get_openapi
 
-from calltone.server import api, feeds, ingest, live, ops_api, pages, playback, search, security
+from calltone.server import api, feeds, ingest, live, ops_api, pages, playback, readiness, search, security
 from calltone.server.anomaly import anomaly_loop
 from calltone.server.audiohook import AudioHookProtocol
 from calltone.server.auth import Authenticator, ConfigError, check_bind
@@ -115,6 +115,7 @@ def create_app(settings: "Settings", runtime: "Runtime | None" = None, *, limits
     app.state.settings = settings
     app.state.demo_tokens = {}
     app.include_router(api.router)
+    app.include_router(readiness.router)  # GET /readyz, POST /v1/drain
     app.include_router(ops_api.router)  # GET /v1/kpis, GET /v1/anomalies
     app.include_router(playback.router)  # call audio with ranges, the audio access log
     app.include_router(search.router)  # GET /v1/search
