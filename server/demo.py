@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import secrets
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -57,7 +58,7 @@ def demo_banner(settings: "Settings", tokens: dict[str, str]) -> str:
         return f"{http}{path}" + (f"#token={token}" if token else "")  # a fragment never reaches a server or its logs
 
     reader = by_role.get("supervisor") or by_role.get("admin") or "<token>"
-    lines = ["", "calltone demo: the sample calls stream in a loop (demo-zh-N, demo-en-N)", "",
+    lines = ["", "calltone demo: the sample calls stream in a loop (demo-zh-<run>-N, demo-en-<run>-N)", "",
              "  in a browser (each link signs its page in):",
              f"  agent desktop   {page('/agent', 'agent')}",
              f"  supervisor      {page('/supervisor', 'supervisor')}",
@@ -96,12 +97,13 @@ async def run_demo(s: "Services", tokens: dict[str, str], pause_s: float = 2.0) 
         log.error("demo: sample calls not found: %s", ", ".join(missing))
         return
     n = 0
+    run = time.strftime("%m%d%H%M%S")  # call ids are kept: a second `make run` on the same data dir needs new ones
     while True:
         for path in files:
             n += 1
             meta = _sidecar(path)
             lang = meta.get("language", "auto")
-            call_id = f"demo-{lang}-{n}"
+            call_id = f"demo-{lang}-{run}-{n}"
             try:
                 audio, rate = read_audio(path)
                 log.info("demo: streaming %s as %s", path.name, call_id)
