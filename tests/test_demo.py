@@ -40,7 +40,7 @@ def _demo_streams(data_dir) -> str:
         proc.terminate()
         _, err = proc.communicate(timeout=60)
     started = [line.rsplit(" as ", 1)[1] for line in err.splitlines() if "demo: streaming" in line]
-    assert started and f"demo call {started[0]} failed" not in err, err[-2000:]
+    assert started and "refused the call" not in err, err[-2000:]  # (stopping cuts the live one with 1012)
     return started[0]
 
 
