@@ -15,7 +15,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from calltone.events import Word
-from calltone.speech.asr import SAMPLE_RATE, DecodeRequest, DecodeResult, cut_repeated_phrase
+from calltone.speech.asr import SAMPLE_RATE, DecodeRequest, DecodeResult
+from calltone.speech.guards import cut_repeated_phrase
 
 GAP_S = 0.8  # silence between packed utterances
 

@@ -22,7 +22,7 @@ from calltone.speech.asr import DecodeOptions, DecodeRequest
 from calltone.speech.audio import load_recording
 from calltone.speech.decoding import LIVE
 
-from .conftest import EMOTION_SPEECH, REPO, SPEECH, require
+from .conftest import EMOTION_SPEECH, SPEECH, require
 
 JFK_REF = "And so, my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
 STEREO_REF = {
